@@ -1,1 +1,187 @@
-fn main() {}
+//! `bottle-agent`: the privileged per-host daemon.
+
+mod api;
+mod config;
+mod datapath;
+mod ipam;
+mod manager;
+mod netns;
+mod network;
+mod paths;
+mod preflight;
+mod state;
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::sync::Mutex;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::AgentConfig;
+use crate::datapath::{AttachMode, Datapath};
+use crate::manager::Manager;
+
+/// Fixed exit codes for fatal start-up failures, so supervisors can tell them apart.
+#[derive(Debug, Clone, Copy)]
+#[repr(u8)]
+enum AgentExit {
+    Config = 10,
+    Preflight = 11,
+    State = 12,
+    Datapath = 13,
+    Netlink = 14,
+    Pool = 15,
+    Socket = 16,
+    Runtime = 17,
+}
+
+impl From<AgentExit> for ExitCode {
+    fn from(e: AgentExit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// The bottle host agent: per-bottle network namespaces enforced by eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "bottle-agent", version)]
+struct Args {
+    /// Configuration file (TOML). Missing at the default path means defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let explicit = args.config.is_some();
+    let config_path = args
+        .config
+        .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_CONFIG));
+    let config = match AgentConfig::load(&config_path, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bottle-agent: {e}");
+            return AgentExit::Config.into();
+        }
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let problems = preflight::check(&config.bpf_pin_root);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("bottle-agent: {p}");
+        }
+        return AgentExit::Preflight.into();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bottle-agent: cannot start the async runtime: {e}");
+            return AgentExit::Runtime.into();
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: AgentConfig) -> ExitCode {
+    for dir in [&config.state_dir, &config.run_dir] {
+        if let Err(e) = state::create_private_dir(dir) {
+            error!("{e}");
+            return AgentExit::State.into();
+        }
+    }
+    // One agent per state directory: a second one would fight over the same bottles.
+    let lock_path = config.run_dir.join(paths::LOCK_FILE);
+    let lock = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            error!("cannot open {}: {e}", lock_path.display());
+            return AgentExit::State.into();
+        }
+    };
+    // SAFETY: flock on a valid, owned file descriptor; no memory is involved.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        error!(
+            "another bottle-agent holds {}; stop it first",
+            lock_path.display()
+        );
+        return AgentExit::State.into();
+    }
+
+    let datapath = match Datapath::load(&config.bpf_pin_root) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("{e}");
+            return AgentExit::Datapath.into();
+        }
+    };
+    if datapath.mode() == AttachMode::Clsact {
+        info!("kernel has no tcx; attaching with clsact");
+    }
+    let netlink = match network::connect() {
+        Ok(h) => h,
+        Err(e) => {
+            error!("{e}");
+            return AgentExit::Netlink.into();
+        }
+    };
+    let pool = config.pool;
+    let socket = config.socket.clone();
+    let group = config.socket_group.clone();
+    let mut manager = Manager::new(config, datapath, netlink.clone());
+    manager.adopt().await;
+    match network::routes_overlapping(&netlink, pool, &manager.own_ifindexes()).await {
+        Ok(conflicts) if !conflicts.is_empty() => {
+            error!(
+                "address pool {pool} overlaps host routes: {}; choose another `pool` in the agent config",
+                conflicts.join(", ")
+            );
+            return AgentExit::Pool.into();
+        }
+        Ok(_) => {}
+        Err(e) => {
+            error!("cannot check the pool against host routes: {e}");
+            return AgentExit::Netlink.into();
+        }
+    }
+    let listener = match api::bind(&socket, &group).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return AgentExit::Socket.into();
+        }
+    };
+    info!(socket = %socket.display(), "bottle-agent ready");
+    let manager = Arc::new(Mutex::new(manager));
+    let mut sigterm =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cannot install SIGTERM handler: {e}");
+                return AgentExit::Runtime.into();
+            }
+        };
+    tokio::select! {
+        () = api::serve(listener, manager) => {}
+        _ = tokio::signal::ctrl_c() => info!("interrupted; bottles stay up and enforced"),
+        _ = sigterm.recv() => info!("terminated; bottles stay up and enforced"),
+    }
+    let _ = std::fs::remove_file(&socket);
+    drop(lock);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,255 @@
+//! The versioned HTTP/JSON API on the agent's Unix socket.
+//!
+//! Each connection is identified by SO_PEERCRED; the manager decides what that uid may see.
+//! Bodies are bounded (`bottle_api::MAX_REQUEST_BODY`), headers must arrive within a timeout,
+//! and every error is a JSON `{code, message}`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bottle_api::{ApiError, CreateBottle, ErrorCode, KillSwitch, VersionInfo, MAX_REQUEST_BODY};
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+use crate::manager::{Caller, Manager};
+use crate::paths::SOCKET_MODE;
+
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait in the kernel backlog.
+const MAX_CONNECTIONS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    #[error("another bottle-agent is already serving on {0}; stop it first")]
+    InUse(String),
+    #[error("cannot prepare socket {path}: {source}")]
+    Socket {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Body = Full<Bytes>;
+
+/// Binds the API socket: replaces a stale socket file, refuses when a live agent answers,
+/// sets mode 0660 and group `group` when that group exists.
+pub async fn bind(path: &Path, group: &str) -> Result<UnixListener, ApiServerError> {
+    let shown = path.display().to_string();
+    let err = |source| ApiServerError::Socket {
+        path: shown.clone(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ApiServerError::InUse(shown));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(err)?;
+    if let Ok(Some(g)) = nix::unistd::Group::from_name(group) {
+        nix::unistd::chown(path, None, Some(g.gid))
+            .map_err(|e| err(std::io::Error::from_raw_os_error(e as i32)))?;
+    }
+    Ok(listener)
+}
+
+/// Serves the API until the listener fails.
+pub async fn serve(listener: UnixListener, manager: Arc<Mutex<Manager>>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let caller = match stream.peer_cred() {
+            Ok(cred) => Caller { uid: cred.uid() },
+            Err(e) => {
+                warn!(error = %e, "cannot read peer credentials; dropping connection");
+                continue;
+            }
+        };
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let manager = manager.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, caller, manager).await) }
+            });
+            let result = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = result {
+                debug!(error = %e, "API connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(e: ApiError) -> Response<Body> {
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, &e)
+}
+
+fn no_such_endpoint(method: &Method, path: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NoSuchEndpoint,
+        format!("no endpoint {method} {path} in API v1"),
+    )
+}
+
+/// Reads a bounded JSON body into `T`, rejecting unknown fields (the types deny them).
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::BodyTooLarge,
+            format!("request body is larger than {MAX_REQUEST_BODY} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        return Err(too_large());
+    }
+    let collect = Limited::new(req.into_body(), MAX_REQUEST_BODY).collect();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "request body did not arrive in time",
+            ))
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("cannot read request body: {e}"),
+            ))
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let bytes = if bytes.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}"))
+    })
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    caller: Caller,
+    manager: Arc<Mutex<Manager>>,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match route(req, caller, manager, &method, &path).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            debug!(%method, %path, uid = caller.uid, code = ?e.code, "request refused");
+            error(e)
+        }
+    }
+}
+
+async fn route(
+    req: Request<Incoming>,
+    caller: Caller,
+    manager: Arc<Mutex<Manager>>,
+    method: &Method,
+    path: &str,
+) -> Result<Response<Body>, ApiError> {
+    let Some(rest) = path.strip_prefix(bottle_api::API_PREFIX) else {
+        return Err(no_such_endpoint(method, path));
+    };
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["version"]) => Ok(json(
+            StatusCode::OK,
+            &VersionInfo {
+                api: "v1".into(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+            },
+        )),
+        (&Method::GET, ["bottles"]) => Ok(json(StatusCode::OK, &manager.lock().await.list(caller))),
+        (&Method::POST, ["bottles"]) => {
+            let body: CreateBottle = read_json(req).await?;
+            let info = manager.lock().await.create(caller, body).await?;
+            Ok(json(StatusCode::CREATED, &info))
+        }
+        (&Method::GET, ["bottles", name]) => {
+            Ok(json(StatusCode::OK, &manager.lock().await.get(caller, name)?))
+        }
+        (&Method::DELETE, ["bottles", name]) => {
+            manager.lock().await.remove(caller, name).await?;
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            Ok(resp)
+        }
+        (&Method::POST, ["bottles", name, action @ ("freeze" | "unfreeze")]) => {
+            let info = manager
+                .lock()
+                .await
+                .set_frozen(caller, name, *action == "freeze")?;
+            Ok(json(StatusCode::OK, &info))
+        }
+        (&Method::GET, ["bottles", name, "stats"]) => {
+            Ok(json(StatusCode::OK, &manager.lock().await.stats(caller, name)?))
+        }
+        (&Method::GET, ["stats"]) => Ok(json(StatusCode::OK, &manager.lock().await.all_stats(caller))),
+        (&Method::GET, ["kill-switch"]) => {
+            let engaged = manager.lock().await.kill_switch(caller)?;
+            Ok(json(StatusCode::OK, &KillSwitch { engaged }))
+        }
+        (&Method::PUT, ["kill-switch"]) => {
+            let body: KillSwitch = read_json(req).await?;
+            let engaged = manager.lock().await.set_kill_switch(caller, body.engaged)?;
+            Ok(json(StatusCode::OK, &KillSwitch { engaged }))
+        }
+        _ => Err(no_such_endpoint(method, path)),
+    }
+}

@@ -1,0 +1,579 @@
+//! Owns every bottle: create, remove, freeze, stats, and re-adoption after a restart.
+//!
+//! One teardown path serves both `rm` and the rollback of a failed create, so a half-made
+//! bottle is cleaned up exactly like a whole one. Teardown deletes the veth first: once it is
+//! gone no packet can flow, so removing the datapath programs afterwards never opens a gap.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bottle_api::{
+    validate_name, ApiError, BottleInfo, BottleState, BottleStats, CreateBottle, Drops, ErrorCode,
+    KernelCounters, Traffic,
+};
+use bottle_ebpf::maps::{BottleCounters, DropReason};
+use rand::Rng;
+use rtnetlink::Handle;
+use tracing::{error, info, warn};
+
+use crate::config::AgentConfig;
+use crate::datapath::{BottleDatapath, Datapath, DatapathError};
+use crate::ipam::{Block, Ipam, IpamError};
+use crate::netns::{self, NetnsError};
+use crate::network::{self, NetworkError};
+use crate::paths::KILL_SWITCH_FILE;
+use crate::state::{self, Metadata, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("{0}")]
+    InvalidName(#[from] bottle_api::NameError),
+    #[error("a bottle named {0:?} already exists; pick another name or remove it first")]
+    NameTaken(String),
+    #[error("no bottle named {0:?}")]
+    NotFound(String),
+    #[error("bottle {0:?} belongs to another user")]
+    NotOwner(String),
+    #[error("only root may use the kill switch")]
+    NotRoot,
+    #[error("invalid egress policy: {0}")]
+    InvalidPolicy(String),
+    #[error(transparent)]
+    Pool(#[from] IpamError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("could not remove every part of bottle {name:?}: {failures}")]
+    Teardown { name: String, failures: String },
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub type Result<T> = std::result::Result<T, ManagerError>;
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        let code = match &e {
+            ManagerError::InvalidName(_) => ErrorCode::InvalidName,
+            ManagerError::NameTaken(_) => ErrorCode::NameTaken,
+            ManagerError::NotFound(_) => ErrorCode::NotFound,
+            ManagerError::NotOwner(_) | ManagerError::NotRoot => ErrorCode::Forbidden,
+            ManagerError::InvalidPolicy(_) => ErrorCode::InvalidPolicy,
+            ManagerError::Pool(IpamError::Exhausted { .. }) => ErrorCode::PoolExhausted,
+            _ => ErrorCode::Internal,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+/// Who is calling, from SO_PEERCRED.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+}
+
+impl Caller {
+    pub fn is_root(self) -> bool {
+        self.uid == 0
+    }
+}
+
+struct Bottle {
+    meta: Metadata,
+    ifindex: u32,
+    block: Option<Block>,
+}
+
+/// Names of a bottle's kernel objects, derived from its id.
+struct Names {
+    netns: String,
+    host: String,
+    peer: String,
+}
+
+pub struct Manager {
+    config: AgentConfig,
+    datapath: Datapath,
+    netlink: Handle,
+    ipam: Ipam,
+    bottles: BTreeMap<String, Bottle>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+impl Manager {
+    pub fn new(config: AgentConfig, datapath: Datapath, netlink: Handle) -> Self {
+        let ipam = Ipam::new(config.pool, config.bottle_prefix_len);
+        Self {
+            config,
+            datapath,
+            netlink,
+            ipam,
+            bottles: BTreeMap::new(),
+        }
+    }
+
+    fn names(&self, id: &str) -> Names {
+        Names {
+            netns: format!("{}{id}", self.config.netns_prefix),
+            host: format!("{}{id}", self.config.veth_prefix),
+            peer: format!("{}{id}p", self.config.veth_prefix),
+        }
+    }
+
+    fn info(&self, b: &Bottle) -> BottleInfo {
+        let m = &b.meta;
+        BottleInfo {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            owner_uid: m.owner_uid,
+            created_at: m.created_at,
+            launcher: m.launcher.clone(),
+            state: if m.frozen {
+                BottleState::Frozen
+            } else {
+                BottleState::Ready
+            },
+            netns: m.netns.clone(),
+            host_interface: m.host_interface.clone(),
+            bottle_address: m.bottle_address,
+            gateway_address: m.gateway_address,
+            prefix_len: m.prefix_len,
+            allowed_ports: self
+                .config
+                .service_ports
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+
+    /// The bottle called `name` if the caller may see it.
+    fn visible(&self, caller: Caller, name: &str) -> Result<&Bottle> {
+        let bottle = self
+            .bottles
+            .get(name)
+            .ok_or_else(|| ManagerError::NotFound(name.into()))?;
+        if !caller.is_root() && bottle.meta.owner_uid != caller.uid {
+            return Err(ManagerError::NotOwner(name.into()));
+        }
+        Ok(bottle)
+    }
+
+    pub fn list(&self, caller: Caller) -> Vec<BottleInfo> {
+        self.bottles
+            .values()
+            .filter(|b| caller.is_root() || b.meta.owner_uid == caller.uid)
+            .map(|b| self.info(b))
+            .collect()
+    }
+
+    pub fn get(&self, caller: Caller, name: &str) -> Result<BottleInfo> {
+        Ok(self.info(self.visible(caller, name)?))
+    }
+
+    fn new_id(&self) -> String {
+        let mut rng = rand::thread_rng();
+        loop {
+            let id = format!("{:08x}", rng.gen::<u32>());
+            let taken = self.bottles.values().any(|b| b.meta.id == id)
+                || netns::exists(&self.names(&id).netns)
+                || state::bottle_dir(&self.config.state_dir, &id).exists();
+            if !taken {
+                return id;
+            }
+        }
+    }
+
+    pub async fn create(&mut self, caller: Caller, req: CreateBottle) -> Result<BottleInfo> {
+        if let Some(policy) = &req.egress {
+            policy.validate().map_err(|errors| {
+                ManagerError::InvalidPolicy(
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
+        }
+        let id = self.new_id();
+        let name = req.name.unwrap_or_else(|| format!("bottle-{id}"));
+        validate_name(&name)?;
+        if self.bottles.contains_key(&name) {
+            return Err(ManagerError::NameTaken(name));
+        }
+        let block = self.ipam.allocate()?;
+        let names = self.names(&id);
+        let meta = Metadata {
+            id: id.clone(),
+            name: name.clone(),
+            owner_uid: caller.uid,
+            created_at: now_secs(),
+            launcher: "none".into(),
+            netns: names.netns.clone(),
+            host_interface: names.host.clone(),
+            bottle_address: block.bottle,
+            gateway_address: block.gateway,
+            prefix_len: block.prefix_len,
+            frozen: false,
+        };
+        let mut ifindex = None;
+        match self.build(&meta, &names, &mut ifindex).await {
+            Ok(()) => {
+                let bottle = Bottle {
+                    meta,
+                    ifindex: ifindex.unwrap_or_default(),
+                    block: Some(block),
+                };
+                let info = self.info(&bottle);
+                info!(bottle = %name, id = %id, address = %block.bottle, "created");
+                self.bottles.insert(name, bottle);
+                Ok(info)
+            }
+            Err(e) => {
+                warn!(bottle = %name, error = %e, "create failed; rolling back");
+                let failures = self.teardown(&meta, ifindex).await;
+                self.ipam.release(block.index);
+                if !failures.is_empty() {
+                    error!(bottle = %name, failures = %failures.join("; "), "rollback incomplete");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes every kernel object of a bottle. `ifindex` is filled in as soon as the veth
+    /// exists so a rollback can find the map entries.
+    async fn build(&mut self, meta: &Metadata, names: &Names, ifindex: &mut Option<u32>) -> Result<()> {
+        let netns_name = names.netns.clone();
+        tokio::task::spawn_blocking(move || netns::create(&netns_name)).await??;
+        let index = network::create_veth(&self.netlink, &names.host, &names.peer).await?;
+        *ifindex = Some(index);
+        // Enforcement first: the programs are attached before either end is up.
+        let ports = self.config.service_ports.clone();
+        let dp = BottleDatapath {
+            ifindex: index,
+            bottle: meta.bottle_address,
+            gateway: meta.gateway_address,
+            frozen: meta.frozen,
+            ports: &ports,
+        };
+        self.datapath.install(&dp)?;
+        self.datapath.attach(&meta.id, &names.host)?;
+        network::move_to_netns(&self.netlink, &names.peer, &names.netns).await?;
+        network::configure_host_side(
+            &self.netlink,
+            &names.host,
+            index,
+            meta.gateway_address,
+            meta.prefix_len,
+        )
+        .await?;
+        let (netns_name, peer) = (names.netns.clone(), names.peer.clone());
+        let (bottle, gateway, prefix) = (meta.bottle_address, meta.gateway_address, meta.prefix_len);
+        tokio::task::spawn_blocking(move || {
+            network::configure_inside(&netns_name, &peer, bottle, gateway, prefix)
+        })
+        .await??;
+        state::save(&self.config.state_dir, meta)?;
+        Ok(())
+    }
+
+    /// Removes whatever exists of a bottle, in an order that never lets traffic through
+    /// unfiltered. Returns what could not be removed.
+    async fn teardown(&mut self, meta: &Metadata, ifindex: Option<u32>) -> Vec<String> {
+        let mut failures = Vec::new();
+        if let Err(e) = network::delete_link(&self.netlink, &meta.host_interface).await {
+            failures.push(e.to_string());
+        }
+        let peer = self.names(&meta.id).peer;
+        if let Err(e) = network::delete_link(&self.netlink, &peer).await {
+            failures.push(e.to_string());
+        }
+        let netns_name = meta.netns.clone();
+        match tokio::task::spawn_blocking(move || netns::remove(&netns_name)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(e.to_string()),
+            Err(e) => failures.push(e.to_string()),
+        }
+        let ports = self.config.service_ports.clone();
+        failures.extend(self.datapath.uninstall(&meta.id, ifindex, &ports));
+        if let Err(e) = state::remove_bottle_dir(&self.config.state_dir, &meta.id) {
+            failures.push(e);
+        }
+        failures
+    }
+
+    pub async fn remove(&mut self, caller: Caller, name: &str) -> Result<()> {
+        self.visible(caller, name)?;
+        let Some(bottle) = self.bottles.remove(name) else {
+            return Err(ManagerError::NotFound(name.into()));
+        };
+        let failures = self.teardown(&bottle.meta, Some(bottle.ifindex)).await;
+        if let Some(block) = bottle.block {
+            self.ipam.release(block.index);
+        }
+        if failures.is_empty() {
+            info!(bottle = %name, id = %bottle.meta.id, "removed");
+            Ok(())
+        } else {
+            let failures = failures.join("; ");
+            warn!(bottle = %name, %failures, "removal incomplete");
+            Err(ManagerError::Teardown {
+                name: name.into(),
+                failures,
+            })
+        }
+    }
+
+    pub fn set_frozen(&mut self, caller: Caller, name: &str, frozen: bool) -> Result<BottleInfo> {
+        self.visible(caller, name)?;
+        let ports = self.config.service_ports.clone();
+        let Some(bottle) = self.bottles.get_mut(name) else {
+            return Err(ManagerError::NotFound(name.into()));
+        };
+        let mut meta = bottle.meta.clone();
+        meta.frozen = frozen;
+        // Persist first when unfreezing (a crash then leaves it frozen: fail closed), apply
+        // first when freezing.
+        let dp = BottleDatapath {
+            ifindex: bottle.ifindex,
+            bottle: meta.bottle_address,
+            gateway: meta.gateway_address,
+            frozen,
+            ports: &ports,
+        };
+        if frozen {
+            self.datapath.set_policy(&dp)?;
+            state::save(&self.config.state_dir, &meta)?;
+        } else {
+            state::save(&self.config.state_dir, &meta)?;
+            self.datapath.set_policy(&dp)?;
+        }
+        bottle.meta = meta;
+        info!(bottle = %name, frozen, "freeze state changed");
+        let bottle = self.visible(caller, name)?;
+        Ok(self.info(bottle))
+    }
+
+    fn stats_of(&self, b: &Bottle) -> BottleStats {
+        let c = self.datapath.counters(b.ifindex).unwrap_or_default();
+        BottleStats {
+            name: b.meta.name.clone(),
+            id: b.meta.id.clone(),
+            sampled_at_ms: now_millis(),
+            kernel: kernel_counters(&c),
+        }
+    }
+
+    pub fn stats(&self, caller: Caller, name: &str) -> Result<BottleStats> {
+        Ok(self.stats_of(self.visible(caller, name)?))
+    }
+
+    pub fn all_stats(&self, caller: Caller) -> Vec<BottleStats> {
+        self.bottles
+            .values()
+            .filter(|b| caller.is_root() || b.meta.owner_uid == caller.uid)
+            .map(|b| self.stats_of(b))
+            .collect()
+    }
+
+    pub fn kill_switch(&self, caller: Caller) -> Result<bool> {
+        if !caller.is_root() {
+            return Err(ManagerError::NotRoot);
+        }
+        Ok(self.datapath.kill_switch()?)
+    }
+
+    pub fn set_kill_switch(&mut self, caller: Caller, engaged: bool) -> Result<bool> {
+        if !caller.is_root() {
+            return Err(ManagerError::NotRoot);
+        }
+        let marker = self.config.state_dir.join(KILL_SWITCH_FILE);
+        if engaged {
+            self.datapath.set_kill_switch(true)?;
+            state::write_atomic(&marker, b"engaged\n")?;
+            warn!("kill switch engaged: every bottle drops all traffic");
+        } else {
+            match std::fs::remove_file(&marker) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StateError::Write {
+                        path: marker,
+                        source,
+                    }
+                    .into())
+                }
+            }
+            self.datapath.set_kill_switch(false)?;
+            info!("kill switch released");
+        }
+        Ok(engaged)
+    }
+
+    /// Rebuilds the agent's view from state after a start: re-adopts every bottle whose
+    /// namespace and veth still exist, tears down the rest, and removes orphans that no state
+    /// claims. Each action is logged.
+    pub async fn adopt(&mut self) {
+        let marker = self.config.state_dir.join(KILL_SWITCH_FILE);
+        if marker.exists() {
+            if let Err(e) = self.datapath.set_kill_switch(true) {
+                error!(error = %e, "cannot re-engage the kill switch");
+            }
+        }
+        for dir in state::bottle_dirs(&self.config.state_dir) {
+            let meta = match state::load(&dir) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    error!(error = %e, "skipping unreadable bottle state; fix or remove it by hand");
+                    continue;
+                }
+            };
+            let ifindex = match network::link_index(&self.netlink, &meta.host_interface).await {
+                Ok(i) => i,
+                Err(e) => {
+                    error!(bottle = %meta.name, error = %e, "cannot look up veth; leaving state alone");
+                    continue;
+                }
+            };
+            let reason = match (netns::exists(&meta.netns), ifindex) {
+                (false, _) => Some("its network namespace is gone"),
+                (true, None) => Some("its veth is gone"),
+                (true, Some(_)) => None,
+            };
+            if let Some(reason) = reason {
+                warn!(bottle = %meta.name, id = %meta.id, reason, "removing orphaned bottle state");
+                let failures = self.teardown(&meta, ifindex).await;
+                if !failures.is_empty() {
+                    error!(bottle = %meta.name, failures = %failures.join("; "), "orphan removal incomplete");
+                }
+                continue;
+            }
+            let ifindex = ifindex.unwrap_or_default();
+            let block = match self.ipam.reserve(meta.bottle_address) {
+                Ok(block) => Some(block),
+                Err(e) => {
+                    warn!(bottle = %meta.name, error = %e, "address outside the configured pool; keeping it");
+                    None
+                }
+            };
+            let ports = self.config.service_ports.clone();
+            let dp = BottleDatapath {
+                ifindex,
+                bottle: meta.bottle_address,
+                gateway: meta.gateway_address,
+                frozen: meta.frozen,
+                ports: &ports,
+            };
+            if let Err(e) = self.datapath.install(&dp) {
+                error!(bottle = %meta.name, error = %e, "cannot restore datapath policy");
+            }
+            if !self.datapath.links_pinned(&meta.id) {
+                warn!(bottle = %meta.name, "datapath links missing; re-attaching");
+                let _ = self.datapath.uninstall(&meta.id, None, &[]);
+                if let Err(e) = self.datapath.attach(&meta.id, &meta.host_interface) {
+                    error!(bottle = %meta.name, error = %e, "cannot re-attach datapath; freezing");
+                }
+            }
+            info!(bottle = %meta.name, id = %meta.id, "re-adopted");
+            self.bottles.insert(
+                meta.name.clone(),
+                Bottle {
+                    meta,
+                    ifindex,
+                    block,
+                },
+            );
+        }
+        self.remove_orphans().await;
+    }
+
+    async fn remove_orphans(&mut self) {
+        let ids: BTreeSet<String> = self.bottles.values().map(|b| b.meta.id.clone()).collect();
+        let id_of = |name: &str, prefix: &str| -> Option<String> {
+            name.strip_prefix(prefix).map(|rest| rest.chars().take(8).collect())
+        };
+        for ns in netns::list_with_prefix(&self.config.netns_prefix) {
+            if id_of(&ns, &self.config.netns_prefix).is_some_and(|id| !ids.contains(&id)) {
+                warn!(netns = %ns, "removing orphaned network namespace");
+                if let Err(e) = netns::remove(&ns) {
+                    error!(netns = %ns, error = %e, "cannot remove orphan");
+                }
+            }
+        }
+        match network::links_with_prefix(&self.netlink, &self.config.veth_prefix).await {
+            Ok(links) => {
+                for link in links {
+                    if id_of(&link, &self.config.veth_prefix).is_some_and(|id| !ids.contains(&id)) {
+                        warn!(veth = %link, "removing orphaned veth");
+                        if let Err(e) = network::delete_link(&self.netlink, &link).await {
+                            error!(veth = %link, error = %e, "cannot remove orphan");
+                        }
+                    }
+                }
+            }
+            Err(e) => error!(error = %e, "cannot list links to find orphans"),
+        }
+        for id in self.datapath.pinned_ids() {
+            if !ids.contains(&id) {
+                warn!(id = %id, "removing orphaned datapath pins");
+                for failure in self.datapath.uninstall(&id, None, &[]) {
+                    error!(id = %id, failure = %failure, "cannot remove orphan pins");
+                }
+            }
+        }
+        let live: BTreeSet<u32> = self.bottles.values().map(|b| b.ifindex).collect();
+        for ifindex in self.datapath.policy_ifindexes() {
+            if !live.contains(&ifindex) {
+                warn!(ifindex, "removing stale datapath map entries");
+                self.datapath.remove_stale(ifindex);
+            }
+        }
+    }
+
+    /// Host ifindexes of this agent's bottles (their routes are ours, not conflicts).
+    pub fn own_ifindexes(&self) -> Vec<u32> {
+        self.bottles.values().map(|b| b.ifindex).collect()
+    }
+}
+
+fn kernel_counters(c: &BottleCounters) -> KernelCounters {
+    KernelCounters {
+        from_bottle: Traffic {
+            packets: c.from_bottle_packets,
+            bytes: c.from_bottle_bytes,
+        },
+        to_bottle: Traffic {
+            packets: c.to_bottle_packets,
+            bytes: c.to_bottle_bytes,
+        },
+        drops: Drops {
+            spoofed: c.drop_count(DropReason::Spoofed),
+            not_gateway: c.drop_count(DropReason::NotGateway),
+            port_denied: c.drop_count(DropReason::PortDenied),
+            ipv6: c.drop_count(DropReason::Ipv6),
+            frozen: c.drop_count(DropReason::Frozen),
+            kill_switch: c.drop_count(DropReason::KillSwitch),
+            other: c.drop_count(DropReason::Other),
+        },
+    }
+}

@@ -1,0 +1,266 @@
+//! Links, addresses and routes of a bottle, made with rtnetlink.
+//!
+//! Host side: a veth named after the bottle id holding the gateway address. Inside the
+//! bottle's namespace: `lo` up, the peer renamed to `eth0` with the bottle address, a default
+//! route via the gateway, IPv6 off. The host never forwards: the datapath drops everything
+//! not addressed to the gateway, and forwarding is also switched off on the host-side veth.
+
+use std::net::Ipv4Addr;
+
+use futures_util::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, IpVersion};
+
+use crate::netns;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("netlink: {action}: {source}")]
+    Netlink {
+        action: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("interface {0} not found")]
+    NoSuchLink(String),
+    #[error("cannot set {path}: {source}")]
+    Sysctl {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("cannot start a runtime inside the namespace: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, NetworkError>;
+
+fn nl(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+    let action = action.into();
+    move |source| NetworkError::Netlink { action, source }
+}
+
+/// Opens a netlink connection in the calling thread's namespace, driven by the current
+/// tokio runtime.
+pub fn connect() -> Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetworkError::Socket)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Index of the interface called `name`, if it exists.
+pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(Some(link.header.index)),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(source) => Err(NetworkError::Netlink {
+            action: format!("look up {name}"),
+            source,
+        }),
+    }
+}
+
+/// Names of every interface whose name starts with `prefix`.
+pub async fn links_with_prefix(handle: &Handle, prefix: &str) -> Result<Vec<String>> {
+    let mut links = handle.link().get().execute();
+    let mut names = Vec::new();
+    while let Some(link) = links.try_next().await.map_err(nl("list links"))? {
+        for attr in link.attributes {
+            if let LinkAttribute::IfName(name) = attr {
+                if name.starts_with(prefix) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Creates the veth pair and returns the host side's index.
+pub async fn create_veth(handle: &Handle, host: &str, peer: &str) -> Result<u32> {
+    handle
+        .link()
+        .add()
+        .veth(host.to_string(), peer.to_string())
+        .execute()
+        .await
+        .map_err(nl(format!("create veth {host}")))?;
+    link_index(handle, host)
+        .await?
+        .ok_or_else(|| NetworkError::NoSuchLink(host.to_string()))
+}
+
+/// Deletes an interface by name; already gone is fine.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
+    let Some(index) = link_index(handle, name).await? else {
+        return Ok(());
+    };
+    match handle.link().del(index).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+        Err(source) => Err(NetworkError::Netlink {
+            action: format!("delete {name}"),
+            source,
+        }),
+    }
+}
+
+/// Moves the peer into the bottle's namespace.
+pub async fn move_to_netns(handle: &Handle, peer: &str, netns_name: &str) -> Result<()> {
+    let index = link_index(handle, peer)
+        .await?
+        .ok_or_else(|| NetworkError::NoSuchLink(peer.to_string()))?;
+    let ns = netns::open(netns_name)?;
+    use std::os::fd::AsRawFd;
+    handle
+        .link()
+        .set(index)
+        .setns_by_fd(ns.as_raw_fd())
+        .execute()
+        .await
+        .map_err(nl(format!("move {peer} into {netns_name}")))
+}
+
+/// Host side: no IPv6, no forwarding, the gateway address, up.
+pub async fn configure_host_side(
+    handle: &Handle,
+    ifname: &str,
+    ifindex: u32,
+    gateway: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<()> {
+    write_sysctl(&format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1")?;
+    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "0")?;
+    handle
+        .address()
+        .add(ifindex, gateway.into(), prefix_len)
+        .execute()
+        .await
+        .map_err(nl(format!("add {gateway}/{prefix_len} to {ifname}")))?;
+    handle
+        .link()
+        .set(ifindex)
+        .up()
+        .execute()
+        .await
+        .map_err(nl(format!("set {ifname} up")))
+}
+
+/// Inside the bottle: IPv6 off, `lo` up, `peer` renamed `eth0` with the bottle address, up,
+/// default route via the gateway. Runs on a dedicated thread inside the namespace.
+pub fn configure_inside(
+    netns_name: &str,
+    peer: &str,
+    bottle: Ipv4Addr,
+    gateway: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<()> {
+    let peer = peer.to_string();
+    netns::run_in(netns_name, move || -> Result<()> {
+        write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")?;
+        write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(NetworkError::Runtime)?;
+        rt.block_on(async move {
+            let handle = connect()?;
+            let lo = link_index(&handle, "lo")
+                .await?
+                .ok_or_else(|| NetworkError::NoSuchLink("lo".into()))?;
+            handle
+                .link()
+                .set(lo)
+                .up()
+                .execute()
+                .await
+                .map_err(nl("set lo up"))?;
+            let eth = link_index(&handle, &peer)
+                .await?
+                .ok_or_else(|| NetworkError::NoSuchLink(peer.clone()))?;
+            handle
+                .link()
+                .set(eth)
+                .name("eth0".into())
+                .execute()
+                .await
+                .map_err(nl("rename peer to eth0"))?;
+            handle
+                .address()
+                .add(eth, bottle.into(), prefix_len)
+                .execute()
+                .await
+                .map_err(nl(format!("add {bottle}/{prefix_len} to eth0")))?;
+            handle
+                .link()
+                .set(eth)
+                .up()
+                .execute()
+                .await
+                .map_err(nl("set eth0 up"))?;
+            handle
+                .route()
+                .add()
+                .v4()
+                .gateway(gateway)
+                .execute()
+                .await
+                .map_err(nl(format!("add default route via {gateway}")))
+        })
+    })?
+}
+
+/// Host routes (any table) that overlap `pool`, other than default routes and routes through
+/// this agent's own veths. Each is described as `DEST/LEN (table T)`.
+pub async fn routes_overlapping(
+    handle: &Handle,
+    pool: Ipv4Net,
+    own_ifindexes: &[u32],
+) -> Result<Vec<String>> {
+    let mut routes = handle.route().get(IpVersion::V4).execute();
+    let mut overlapping = Vec::new();
+    while let Some(route) = routes.try_next().await.map_err(nl("list routes"))? {
+        let len = route.header.destination_prefix_length;
+        if len == 0 {
+            continue;
+        }
+        let mut dest = None;
+        let mut oif = None;
+        let mut table = u32::from(route.header.table);
+        for attr in &route.attributes {
+            match attr {
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => dest = Some(*a),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Table(t) => table = *t,
+                _ => {}
+            }
+        }
+        let Some(dest) = dest else { continue };
+        if oif.is_some_and(|i| own_ifindexes.contains(&i)) {
+            continue;
+        }
+        let Ok(net) = Ipv4Net::new(dest, len) else {
+            continue;
+        };
+        if net.contains(&pool.network()) || pool.contains(&net.network()) {
+            overlapping.push(format!("{net} (table {table})"));
+        }
+    }
+    Ok(overlapping)
+}
+
+/// Writes a sysctl through /proc, in the calling thread's network namespace.
+pub fn write_sysctl(path: &str, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(|source| NetworkError::Sysctl {
+        path: path.to_string(),
+        source,
+    })
+}

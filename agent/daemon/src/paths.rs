@@ -1,0 +1,31 @@
+//! Every runtime path and file mode the agent uses, in one place.
+
+pub const DEFAULT_CONFIG: &str = "/etc/bottle/agent.toml";
+pub const DEFAULT_SOCKET: &str = bottle_api::DEFAULT_SOCKET;
+pub const DEFAULT_SOCKET_GROUP: &str = "bottle";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/bottle";
+pub const DEFAULT_RUN_DIR: &str = "/run/bottle";
+
+/// `ip netns` looks for named namespaces here.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// The agent's own services on each bottle's gateway: DNS, HTTP, HTTPS, explicit proxy,
+/// git-gate, supervise.
+pub const DEFAULT_SERVICE_PORTS: &[&str] = &[
+    "udp/53", "tcp/53", "tcp/80", "tcp/443", "tcp/3128", "tcp/9420", "tcp/9100",
+];
+
+/// API socket: owner and group may connect.
+pub const SOCKET_MODE: u32 = 0o660;
+/// State and runtime directories: root only.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Files in state: root only.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// File names inside a bottle's state directory and the pin root.
+pub const METADATA_FILE: &str = "metadata.json";
+pub const KILL_SWITCH_FILE: &str = "kill-switch";
+pub const LOCK_FILE: &str = "agent.lock";
+pub const MAPS_PIN_DIR: &str = "maps";
+pub const FROM_BOTTLE_LINK: &str = "from_bottle_link";
+pub const TO_BOTTLE_LINK: &str = "to_bottle_link";
