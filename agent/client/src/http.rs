@@ -1,0 +1,119 @@
+//! A minimal HTTP/1.1 client for the agent's Unix socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bottle_api::ApiError;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+/// How long one API call may take before the client gives up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach bottle-agent at {path}: {source}\n(is `sudo bottle-agent` running? set BOTTLE_HOST to use another socket)")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to bottle-agent: {0}")]
+    Protocol(String),
+    #[error("bottle-agent did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The agent's own error, shown as it is.
+    #[error("{}", .0.message)]
+    Api(ApiError),
+}
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), ClientError> {
+        let work = async {
+            let stream = UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            tokio::spawn(conn);
+            let mut builder = Request::builder()
+                .method(method)
+                .uri(format!("http://bottle-agent{path}"))
+                .header(http::header::HOST, "bottle-agent");
+            if body.is_some() {
+                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            let req = builder
+                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(CALL_TIMEOUT, work)
+            .await
+            .map_err(|_| ClientError::Timeout(CALL_TIMEOUT))?
+    }
+
+    fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, ClientError> {
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ApiError>(bytes) {
+                Ok(e) => ClientError::Api(e),
+                Err(_) => ClientError::Protocol(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(bytes)
+                )),
+            });
+        }
+        serde_json::from_slice(bytes)
+            .map_err(|e| ClientError::Protocol(format!("unexpected response: {e}")))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let (status, bytes) = self.call(Method::GET, path, None).await?;
+        Self::decode(status, &bytes)
+    }
+
+    pub async fn send<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: &B) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (status, bytes) = self.call(method, path, Some(body)).await?;
+        Self::decode(status, &bytes)
+    }
+
+    /// A call whose success has no body (204).
+    pub async fn call_empty(&self, method: Method, path: &str) -> Result<(), ClientError> {
+        let (status, bytes) = self.call(method, path, None).await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        Self::decode::<serde_json::Value>(status, &bytes).map(|_| ())
+    }
+}

@@ -1,0 +1,131 @@
+//! Human-readable rendering of API responses.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bottle_api::{BottleInfo, BottleState, BottleStats};
+
+pub fn age(created_at: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(created_at);
+    let secs = now.saturating_sub(created_at);
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86399 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+fn state(s: BottleState) -> &'static str {
+    match s {
+        BottleState::Ready => "ready",
+        BottleState::Frozen => "frozen",
+    }
+}
+
+pub fn bottle_table(bottles: &[BottleInfo]) -> String {
+    let mut out = format!(
+        "{:<32} {:<9} {:<8} {:<16} {:<6} {}\n",
+        "NAME", "ID", "STATE", "ADDRESS", "AGE", "OWNER"
+    );
+    for b in bottles {
+        out.push_str(&format!(
+            "{:<32} {:<9} {:<8} {:<16} {:<6} {}\n",
+            b.name,
+            b.id,
+            state(b.state),
+            b.bottle_address,
+            age(b.created_at),
+            b.owner_uid
+        ));
+    }
+    out
+}
+
+pub fn inspect(b: &BottleInfo) -> String {
+    format!(
+        "name:       {}\nid:         {}\nowner uid:  {}\nstate:      {}\ncreated:    {} ago\nlauncher:   {}\nnetns:      {}\ninterface:  {} (host side)\naddress:    {}/{}\ngateway:    {}\nallowed:    {}\n",
+        b.name,
+        b.id,
+        b.owner_uid,
+        state(b.state),
+        age(b.created_at),
+        b.launcher,
+        b.netns,
+        b.host_interface,
+        b.bottle_address,
+        b.prefix_len,
+        b.gateway_address,
+        b.allowed_ports.join(" ")
+    )
+}
+
+pub fn bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Totals, and with `previous` (an earlier sample of the same bottle) rates per second.
+pub fn stats(s: &BottleStats, previous: Option<&BottleStats>) -> String {
+    let k = &s.kernel;
+    let mut out = format!(
+        "{} ({})\n  from bottle: {} packets, {}\n  to bottle:   {} packets, {}\n",
+        s.name,
+        s.id,
+        k.from_bottle.packets,
+        bytes(k.from_bottle.bytes as f64),
+        k.to_bottle.packets,
+        bytes(k.to_bottle.bytes as f64)
+    );
+    if let Some(p) = previous {
+        let dt = (s.sampled_at_ms.saturating_sub(p.sampled_at_ms)) as f64 / 1000.0;
+        if dt > 0.0 {
+            let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / dt;
+            out.push_str(&format!(
+                "  rate:        up {}/s ({:.0} pkt/s), down {}/s ({:.0} pkt/s), drops {:.0}/s\n",
+                bytes(rate(k.from_bottle.bytes, p.kernel.from_bottle.bytes)),
+                rate(k.from_bottle.packets, p.kernel.from_bottle.packets),
+                bytes(rate(k.to_bottle.bytes, p.kernel.to_bottle.bytes)),
+                rate(k.to_bottle.packets, p.kernel.to_bottle.packets),
+                rate(k.drops.total(), p.kernel.drops.total()),
+            ));
+        }
+    }
+    out.push_str(&format!("  drops:       {} total", k.drops.total()));
+    let reasons: Vec<String> = k
+        .drops
+        .by_reason()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    if !reasons.is_empty() {
+        out.push_str(&format!(" ({})", reasons.join(", ")));
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_bytes() {
+        assert_eq!(bytes(0.0), "0 B");
+        assert_eq!(bytes(1536.0), "1.5 KiB");
+        assert_eq!(bytes(3.0 * 1024.0 * 1024.0 * 1024.0), "3.0 GiB");
+    }
+}
