@@ -1,1 +1,367 @@
+//! Harness for bottle's end-to-end tests: starts the real `bottle-agent` with a private
+//! configuration (its own socket, state, pool, name prefixes and pin root, so tests never
+//! touch a real agent's bottles), runs the real `bottle` client, and probes the network from
+//! inside a bottle's namespace.
+//!
+//! Privileged tests call [`privileged`] first: without root they are skipped, unless
+//! `BOTTLE_PRIVILEGED_TESTS=1`, where a missing privilege fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bottle_api::{BottleInfo, BottleStats};
+
+/// Whether this test may run. Panics when privileges are required but missing.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("BOTTLE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
+        panic!("{test} needs root and BOTTLE_PRIVILEGED_TESTS=1 is set: run it as root (cargo xtask test does)");
+    }
+    eprintln!("skipping {test}: needs root (set BOTTLE_PRIVILEGED_TESTS=1 to make this a failure)");
+    false
+}
+
+/// Directory holding the workspace's built binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BOTTLE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // Test executables live in target/<profile>/deps.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build it first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Per-test private settings; `slot` must be unique among tests that may run at once.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub slot: u8,
+    pub pool: String,
+    pub netns_prefix: String,
+    pub veth_prefix: String,
+    pub pin_root: PathBuf,
+}
+
+impl Slot {
+    pub fn new(slot: u8) -> Self {
+        Self {
+            slot,
+            pool: format!("10.250.{slot}.0/24"),
+            netns_prefix: format!("bttest{slot}-"),
+            veth_prefix: format!("t{slot}-"),
+            pin_root: PathBuf::from(format!("/sys/fs/bpf/bottle-test-{slot}")),
+        }
+    }
+}
+
+/// A running `bottle-agent` with a private configuration. Dropping it kills the agent and
+/// removes every kernel object it could have made.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub slot: Slot,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts an agent with default test settings plus `extra` TOML lines.
+    pub fn start(slot: u8, extra: &str) -> Self {
+        let slot = Slot::new(slot);
+        cleanup_slot(&slot);
+        let dir = tempfile::tempdir().unwrap();
+        // Non-root clients must be able to reach the socket inside.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = dir.path().join("agent.toml");
+        let toml = format!(
+            "socket = \"{sock}\"\nsocket_group = \"nogroup\"\nstate_dir = \"{state}\"\nrun_dir = \"{run}\"\n\
+             bpf_pin_root = \"{pins}\"\n{pool_line}netns_prefix = \"{ns}\"\nveth_prefix = \"{veth}\"\n\
+             log = \"debug\"\n{extra}\n",
+            sock = dir.path().join("agent.sock").display(),
+            state = dir.path().join("state").display(),
+            run = dir.path().join("run").display(),
+            pins = slot.pin_root.display(),
+            // A test may choose its own pool (inside its slot's range).
+            pool_line = if extra.contains("pool =") {
+                String::new()
+            } else {
+                format!("pool = \"{}\"\n", slot.pool)
+            },
+            ns = slot.netns_prefix,
+            veth = slot.veth_prefix,
+        );
+        std::fs::write(&config, toml).unwrap();
+        let mut agent = Self {
+            dir,
+            slot,
+            config,
+            child: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts the agent process and waits until its socket answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(binary("bottle-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("bottle-agent exited early ({status}):\n{}", self.log());
+            }
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to clean anything up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Runs the real `bottle` client against this agent as root.
+    pub fn bottle(&self, args: &[&str]) -> Output {
+        self.bottle_as(None, args)
+    }
+
+    /// Runs the client as `uid` (with gid nogroup, which may use the test socket).
+    pub fn bottle_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(binary("bottle"));
+        cmd.args(args).env(bottle_api::HOST_ENV, self.socket());
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(65534);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// Runs the client and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.bottle(args);
+        assert!(
+            out.status.success(),
+            "bottle {args:?} failed ({}): {}\nagent log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn create(&self, name: &str) -> BottleInfo {
+        serde_json::from_str(&self.ok(&["create", "--name", name, "--json"])).unwrap()
+    }
+
+    pub fn stats(&self, name: &str) -> BottleStats {
+        let all: Vec<BottleStats> = serde_json::from_str(&self.ok(&["stats", name, "--json"])).unwrap();
+        all.into_iter().next().unwrap()
+    }
+
+    /// Raw HTTP request on the API socket, for bad-input tests. Returns (status, body).
+    pub fn raw(&self, request: &[u8]) -> (u16, String) {
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The agent may answer (413) and close before reading everything: not an error here.
+        let _ = s.write_all(request);
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let text = String::from_utf8_lossy(&resp).to_string();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        cleanup_slot(&self.slot);
+    }
+}
+
+/// Removes everything a test agent with this slot could have left behind.
+pub fn cleanup_slot(slot: &Slot) {
+    for ns in netns_with_prefix(&slot.netns_prefix) {
+        let _ = Command::new("ip").args(["netns", "delete", &ns]).status();
+    }
+    for link in links_with_prefix(&slot.veth_prefix) {
+        let _ = Command::new("ip").args(["link", "delete", &link]).status();
+    }
+    let _ = std::fs::remove_dir_all(&slot.pin_root);
+}
+
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn links_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A veth pair `<name>`/`<name>p` in the host namespace, both up, `addr` (CIDR) on `<name>`:
+/// a host address (or route) this test made. Deleted when dropped.
+pub struct HostLink(pub String);
+
+impl HostLink {
+    pub fn new(name: &str, addr: &str) -> Self {
+        let peer = format!("{name}p");
+        let _ = Command::new("ip").args(["link", "del", name]).status();
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        };
+        run(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+        let link = Self(name.to_string());
+        run(&["addr", "add", addr, "dev", name]);
+        run(&["link", "set", name, "up"]);
+        run(&["link", "set", &peer, "up"]);
+        link
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Runs `f` on a new thread inside the named network namespace.
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = File::open(Path::new("/run/netns").join(netns)).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd affects only this thread, which ends with f.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Runs a command inside the namespace (`ip netns exec`).
+pub fn netns_exec(netns: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// TCP connect with a short timeout, optionally from a chosen source address.
+pub fn tcp_connects(dest: SocketAddr, source: Option<Ipv4Addr>) -> bool {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let domain = if dest.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    if let Some(src) = source {
+        if socket
+            .bind(&SockAddr::from(SocketAddrV4::new(src, 0)))
+            .is_err()
+        {
+            return false;
+        }
+    }
+    socket
+        .connect_timeout(&SockAddr::from(dest), Duration::from_millis(700))
+        .is_ok()
+}
+
+/// A TCP listener on `addr` that accepts and answers "ok" until dropped. Runs in the calling
+/// thread's namespace.
+pub struct Listener {
+    pub addr: SocketAddr,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Listener {
+    pub fn bind(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let _ = conn.write_all(b"ok");
+            }
+        });
+        Self {
+            addr,
+            _thread: thread,
+        }
+    }
+}
+
+/// Reads one greeting from `addr` in the current namespace.
+pub fn greeting(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(700)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    Some(buf)
+}
