@@ -148,11 +148,11 @@ mod tests {
             let kflag = info >> 31 == 1;
             pos += 12;
             let extra = match kind {
-                1 | 14 | 17 => 4,                   // INT, VAR, DECL_TAG
-                3 => 12,                            // ARRAY
-                4 | 5 | 15 | 19 => 12 * vlen,       // STRUCT, UNION, DATASEC, ENUM64
-                6 | 13 => 8 * vlen,                 // ENUM, FUNC_PROTO
-                2 | 7..=12 | 16 | 18 => 0,          // PTR, FWD, TYPEDEF, quals, FUNC, FLOAT, TYPE_TAG
+                1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
+                3 => 12,                      // ARRAY
+                4 | 5 | 15 | 19 => 12 * vlen, // STRUCT, UNION, DATASEC, ENUM64
+                6 | 13 => 8 * vlen,           // ENUM, FUNC_PROTO
+                2 | 7..=12 | 16 | 18 => 0,    // PTR, FWD, TYPEDEF, quals, FUNC, FLOAT, TYPE_TAG
                 other => panic!("unknown BTF kind {other}"),
             };
             if kind == 4 && name_off != 0 {
@@ -177,7 +177,11 @@ mod tests {
             .get(c_name)
             .unwrap_or_else(|| panic!("struct {c_name} not in BTF"));
         assert_eq!(*c_size as usize, size, "size of struct {c_name}");
-        assert_eq!(members.len(), fields.len(), "member count of struct {c_name}");
+        assert_eq!(
+            members.len(),
+            fields.len(),
+            "member count of struct {c_name}"
+        );
         for ((c_field, c_off), (field, off)) in members.iter().zip(fields) {
             assert_eq!(c_field, field, "member order of struct {c_name}");
             assert_eq!(*c_off as usize, *off, "offset of {c_name}.{field}");
@@ -204,10 +208,22 @@ mod tests {
                 "bottle_counters",
                 size_of::<BottleCounters>(),
                 &[
-                    ("from_bottle_packets", offset_of!(BottleCounters, from_bottle_packets)),
-                    ("from_bottle_bytes", offset_of!(BottleCounters, from_bottle_bytes)),
-                    ("to_bottle_packets", offset_of!(BottleCounters, to_bottle_packets)),
-                    ("to_bottle_bytes", offset_of!(BottleCounters, to_bottle_bytes)),
+                    (
+                        "from_bottle_packets",
+                        offset_of!(BottleCounters, from_bottle_packets),
+                    ),
+                    (
+                        "from_bottle_bytes",
+                        offset_of!(BottleCounters, from_bottle_bytes),
+                    ),
+                    (
+                        "to_bottle_packets",
+                        offset_of!(BottleCounters, to_bottle_packets),
+                    ),
+                    (
+                        "to_bottle_bytes",
+                        offset_of!(BottleCounters, to_bottle_bytes),
+                    ),
                     ("drops", offset_of!(BottleCounters, drops)),
                 ],
             );
@@ -247,7 +263,10 @@ mod tests {
             ("BOTTLE_DROP_FROZEN", DropReason::Frozen as u32),
             ("BOTTLE_DROP_KILL_SWITCH", DropReason::KillSwitch as u32),
             ("BOTTLE_DROP_OTHER", DropReason::Other as u32),
-            ("BOTTLE_DROP_REASONS", DROP_REASON_SLOTS as u32),
+            (
+                "BOTTLE_DROP_REASONS",
+                u32::try_from(DROP_REASON_SLOTS).unwrap(),
+            ),
         ] {
             assert!(
                 header.contains(&format!("{c_name} = {code},")),

@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use bottle_api::{BottleInfo, BottleStats};
@@ -159,7 +159,11 @@ impl Agent {
             if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "agent did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -206,7 +210,8 @@ impl Agent {
     }
 
     pub fn stats(&self, name: &str) -> BottleStats {
-        let all: Vec<BottleStats> = serde_json::from_str(&self.ok(&["stats", name, "--json"])).unwrap();
+        let all: Vec<BottleStats> =
+            serde_json::from_str(&self.ok(&["stats", name, "--json"])).unwrap();
         all.into_iter().next().unwrap()
     }
 
@@ -319,7 +324,11 @@ pub fn netns_exec(netns: &str, args: &[&str]) -> Output {
 /// TCP connect with a short timeout, optionally from a chosen source address.
 pub fn tcp_connects(dest: SocketAddr, source: Option<Ipv4Addr>) -> bool {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    let domain = if dest.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if dest.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).unwrap();
     if let Some(src) = source {
         if socket

@@ -44,9 +44,15 @@ fn privileged_allowed_port_works_and_each_violation_bumps_its_counter() {
     let _gw = gateway_listeners(&a);
 
     // Allowed: the gateway on an allowed port, end to end, data both ways.
-    assert_eq!(greeting_from(&a, at(a.gateway_address, ALLOWED)).as_deref(), Some("ok"));
+    assert_eq!(
+        greeting_from(&a, at(a.gateway_address, ALLOWED)).as_deref(),
+        Some("ok")
+    );
     let s = agent.stats("alpha");
-    assert!(s.kernel.from_bottle.packets >= 3 && s.kernel.to_bottle.packets >= 3, "{s:?}");
+    assert!(
+        s.kernel.from_bottle.packets >= 3 && s.kernel.to_bottle.packets >= 3,
+        "{s:?}"
+    );
     assert!(s.kernel.from_bottle.bytes > 0 && s.kernel.to_bottle.bytes > 0);
 
     // Denied port on the gateway.
@@ -65,7 +71,11 @@ fn privileged_allowed_port_works_and_each_violation_bumps_its_counter() {
     let host_addr = Ipv4Addr::new(10, 251, 11, 1);
     let _link = HostLink::new("x11host", "10.251.11.1/32");
     let _host = Listener::bind(at(host_addr, ALLOWED));
-    assert_eq!(greeting(at(host_addr, ALLOWED)).as_deref(), Some("ok"), "host listener works");
+    assert_eq!(
+        greeting(at(host_addr, ALLOWED)).as_deref(),
+        Some("ok"),
+        "host listener works"
+    );
     let before = agent.stats("alpha").kernel.drops.not_gateway;
     assert!(!connects_from(&a, at(host_addr, ALLOWED)));
     assert!(agent.stats("alpha").kernel.drops.not_gateway > before);
@@ -74,18 +84,36 @@ fn privileged_allowed_port_works_and_each_violation_bumps_its_counter() {
     // /30's broadcast address: the kernel would quietly pick the real source for that.)
     let spoof = b.bottle_address;
     let spoof_cidr = format!("{spoof}/32");
-    assert!(netns_exec(&a.netns, &["ip", "addr", "add", &spoof_cidr, "dev", "eth0"]).status.success());
+    assert!(
+        netns_exec(&a.netns, &["ip", "addr", "add", &spoof_cidr, "dev", "eth0"])
+            .status
+            .success()
+    );
     let gw = at(a.gateway_address, ALLOWED);
     assert!(!in_netns(&a.netns, move || tcp_connects(gw, Some(spoof))));
     assert!(agent.stats("alpha").kernel.drops.spoofed >= 1);
 
     // IPv6: a hostile bottle re-enables it and tries the gateway's link-local neighbourhood.
-    let out = netns_exec(&a.netns, &["sysctl", "-w", "net.ipv6.conf.eth0.disable_ipv6=0"]);
+    let out = netns_exec(
+        &a.netns,
+        &["sysctl", "-w", "net.ipv6.conf.eth0.disable_ipv6=0"],
+    );
     assert!(out.status.success(), "{out:?}");
-    let _ = netns_exec(&a.netns, &["sh", "-c", "ip -6 addr add fd00::2/64 dev eth0 nodad; ip -6 route add default dev eth0; true"]);
+    let _ = netns_exec(
+        &a.netns,
+        &[
+            "sh",
+            "-c",
+            "ip -6 addr add fd00::2/64 dev eth0 nodad; ip -6 route add default dev eth0; true",
+        ],
+    );
     let dest: SocketAddr = "[fd00::1]:7001".parse().unwrap();
     assert!(!connects_from(&a, dest));
-    assert!(agent.stats("alpha").kernel.drops.ipv6 >= 1, "{:?}", agent.stats("alpha"));
+    assert!(
+        agent.stats("alpha").kernel.drops.ipv6 >= 1,
+        "{:?}",
+        agent.stats("alpha")
+    );
 
     // The allowed path still works after all of that.
     assert_eq!(greeting_from(&a, gw).as_deref(), Some("ok"));
@@ -148,7 +176,10 @@ fn privileged_agent_sigkill_keeps_enforcement_and_restart_readopts() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0], a, "re-adopted bottle is unchanged");
     let after = agent.stats("alpha");
-    assert!(after.kernel.drops.port_denied > before.kernel.drops.port_denied, "drops during the outage were counted: {after:?}");
+    assert!(
+        after.kernel.drops.port_denied > before.kernel.drops.port_denied,
+        "drops during the outage were counted: {after:?}"
+    );
     assert!(after.kernel.from_bottle.packets > before.kernel.from_bottle.packets);
     assert!(agent.log().contains("re-adopted"));
     // Still enforced and still working under the new agent.
@@ -174,9 +205,30 @@ fn privileged_restart_removes_orphans() {
     let b = agent.create("beta");
     agent.kill9();
     // beta loses its namespace behind the agent's back; a stray namespace and veth appear.
-    assert!(Command::new("ip").args(["netns", "delete", &b.netns]).status().unwrap().success());
-    assert!(Command::new("ip").args(["netns", "add", "bttest14-deadbeef"]).status().unwrap().success());
-    assert!(Command::new("ip").args(["link", "add", "t14-0badf00d", "type", "veth", "peer", "name", "t14-0badf00dp"]).status().unwrap().success());
+    assert!(Command::new("ip")
+        .args(["netns", "delete", &b.netns])
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("ip")
+        .args(["netns", "add", "bttest14-deadbeef"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("ip")
+        .args([
+            "link",
+            "add",
+            "t14-0badf00d",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "t14-0badf00dp"
+        ])
+        .status()
+        .unwrap()
+        .success());
     std::fs::create_dir_all(agent.slot.pin_root.join("feedface")).unwrap();
     agent.spawn();
     let log = agent.log();
@@ -190,17 +242,30 @@ fn privileged_restart_removes_orphans() {
     assert!(!agent.slot.pin_root.join(&b.id).exists());
     assert!(!agent.slot.pin_root.join("feedface").exists());
     let names: Vec<BottleInfo> = serde_json::from_str(&agent.ok(&["ls", "--json"])).unwrap();
-    assert_eq!(names.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["alpha"]);
+    assert_eq!(
+        names.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+        ["alpha"]
+    );
 }
 
 fn assert_nothing_left(agent: &Agent) {
-    assert!(netns_with_prefix(&agent.slot.netns_prefix).is_empty(), "netns left");
-    assert!(links_with_prefix(&agent.slot.veth_prefix).is_empty(), "veth left");
-    let pins: Vec<_> = std::fs::read_dir(&agent.slot.pin_root).unwrap()
+    assert!(
+        netns_with_prefix(&agent.slot.netns_prefix).is_empty(),
+        "netns left"
+    );
+    assert!(
+        links_with_prefix(&agent.slot.veth_prefix).is_empty(),
+        "veth left"
+    );
+    let pins: Vec<_> = std::fs::read_dir(&agent.slot.pin_root)
+        .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     assert_eq!(pins, ["maps"], "only the shared maps stay pinned");
-    let state: Vec<_> = std::fs::read_dir(agent.state_dir()).unwrap().filter_map(|e| e.ok()).collect();
+    let state: Vec<_> = std::fs::read_dir(agent.state_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .collect();
     assert!(state.is_empty(), "state left: {state:?}");
     for map in ["bottle_policy", "bottle_stats"] {
         let out = Command::new("bpftool")
@@ -210,7 +275,10 @@ fn assert_nothing_left(agent: &Agent) {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "bpftool: {out:?}");
-        assert!(text.contains("Found 0 elements") || text.trim() == "[]", "{map} not empty: {text}");
+        assert!(
+            text.contains("Found 0 elements") || text.trim() == "[]",
+            "{map} not empty: {text}"
+        );
     }
 }
 
@@ -252,20 +320,35 @@ fn privileged_other_uid_cannot_see_or_remove_your_bottle() {
 
     let ls = agent.bottle_as(Some(1000), &["ls", "--json"]);
     let seen: Vec<BottleInfo> = serde_json::from_slice(&ls.stdout).unwrap();
-    assert_eq!(seen.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["userbox"]);
-    for args in [&["inspect", "rootbox"][..], &["rm", "rootbox"], &["stats", "rootbox"], &["freeze", "rootbox"]] {
+    assert_eq!(
+        seen.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+        ["userbox"]
+    );
+    for args in [
+        &["inspect", "rootbox"][..],
+        &["rm", "rootbox"],
+        &["stats", "rootbox"],
+        &["freeze", "rootbox"],
+    ] {
         let out = agent.bottle_as(Some(1000), args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to another user"), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("belongs to another user"),
+            "{out:?}"
+        );
     }
     let ks = agent.bottle_as(Some(1000), &["kill-switch", "on"]);
-    assert!(String::from_utf8_lossy(&ks.stderr).contains("only root"), "{ks:?}");
+    assert!(
+        String::from_utf8_lossy(&ks.stderr).contains("only root"),
+        "{ks:?}"
+    );
     // uid 1001 cannot touch uid 1000's bottle either; root sees both.
     let out = agent.bottle_as(Some(1001), &["rm", "userbox"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(agent.ok(&["ls"]).lines().count(), 3);
     // The API answers 403 with a JSON error.
-    let (status, body) = agent.raw(b"GET /v1/kill-switch HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, body) =
+        agent.raw(b"GET /v1/kill-switch HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 200, "root may read the kill switch: {body}");
     let out = agent.bottle_as(Some(1000), &["rm", "userbox"]);
     assert!(out.status.success());
@@ -288,10 +371,19 @@ fn privileged_bad_input_gets_clear_errors_and_leaves_nothing() {
     assert_eq!(status, 400);
     let err: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(err["code"], "bad_request");
-    assert!(err["message"].as_str().unwrap().contains("unknown field `colour`"));
+    assert!(err["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown field `colour`"));
 
     let (status, body) = post(r#"{"name":"Bad_Name"}"#);
-    assert_eq!((status, serde_json::from_str::<serde_json::Value>(&body).unwrap()["code"].clone()), (400, "invalid_name".into()));
+    assert_eq!(
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["code"].clone()
+        ),
+        (400, "invalid_name".into())
+    );
     let (status, _) = post("{not json");
     assert_eq!(status, 400);
 
@@ -300,7 +392,8 @@ fn privileged_bad_input_gets_clear_errors_and_leaves_nothing() {
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("body_too_large"));
 
-    let (status, body) = agent.raw(b"GET /v2/bottles HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, body) =
+        agent.raw(b"GET /v2/bottles HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 404);
     assert!(body.contains("no_such_endpoint"));
 
@@ -316,7 +409,11 @@ fn privileged_bad_input_gets_clear_errors_and_leaves_nothing() {
     agent.create("two");
     let out = agent.bottle(&["create", "--name", "three"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("every address block in 10.250.17.0/29 is in use"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("every address block in 10.250.17.0/29 is in use"),
+        "{out:?}"
+    );
     // The failed creates left nothing: exactly two bottles' worth of objects.
     assert_eq!(netns_with_prefix("bttest17-").len(), 2);
     assert_eq!(links_with_prefix("t17-").len(), 2);
@@ -332,7 +429,10 @@ fn privileged_agent_refuses_overlapping_pool_and_missing_privileges() {
     }
     // A host route inside the pool the agent is told to use.
     let _link = HostLink::new("x18host", "10.251.18.1/32");
-    let route = Command::new("ip").args(["route", "add", "10.250.18.64/26", "dev", "x18host"]).status().unwrap();
+    let route = Command::new("ip")
+        .args(["route", "add", "10.250.18.64/26", "dev", "x18host"])
+        .status()
+        .unwrap();
     assert!(route.success());
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
@@ -340,23 +440,44 @@ fn privileged_agent_refuses_overlapping_pool_and_missing_privileges() {
         "socket = \"{0}/s\"\nstate_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\nbpf_pin_root = \"/sys/fs/bpf/bottle-test-18\"\npool = \"10.250.18.0/24\"\nnetns_prefix = \"bttest18-\"\nveth_prefix = \"t18-\"\n",
         dir.path().display()
     )).unwrap();
-    let out = Command::new(bin_dir().join("bottle-agent")).arg("--config").arg(&config).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let out = Command::new(bin_dir().join("bottle-agent"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(15), "{text}");
-    assert!(text.contains("overlaps host routes: 10.250.18.64/26"), "{text}");
+    assert!(
+        text.contains("overlaps host routes: 10.250.18.64/26"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all("/sys/fs/bpf/bottle-test-18");
 
     // Without root: one line per missing capability, nothing started.
     use std::os::unix::process::CommandExt;
-    let out = Command::new(bin_dir().join("bottle-agent")).arg("--config").arg(&config).uid(1000).gid(65534).output().unwrap();
+    let out = Command::new(bin_dir().join("bottle-agent"))
+        .arg("--config")
+        .arg(&config)
+        .uid(1000)
+        .gid(65534)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(11), "{text}");
     for cap in ["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_BPF"] {
-        assert!(text.contains(&format!("missing {cap}: run bottle-agent as root")), "{text}");
+        assert!(
+            text.contains(&format!("missing {cap}: run bottle-agent as root")),
+            "{text}"
+        );
     }
     // A typo in the config is named.
     std::fs::write(&config, "pool = \"10.250.18.0/24\"\nsocket_grup = \"x\"\n").unwrap();
-    let out = Command::new(bin_dir().join("bottle-agent")).arg("--config").arg(&config).output().unwrap();
+    let out = Command::new(bin_dir().join("bottle-agent"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(10));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `socket_grup`"));
 }

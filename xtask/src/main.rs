@@ -1,1 +1,88 @@
-fn main() {}
+//! `cargo xtask …`: the project's own commands.
+//!
+//! - `deps`  installs the Debian packages the build and tests need (with sudo when not root)
+//! - `demo`  builds, starts an agent, creates a bottle, shows an allowed and a blocked
+//!   connection from inside it and its stats, then cleans up
+//! - `test`  unit tests, then the privileged end-to-end tests (as root; sudo when not root)
+//! - `bench` measurements side by side, printed as Markdown for docs/benchmarks.md
+
+mod agent;
+mod bench;
+mod demo;
+mod sh;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install missing Debian packages (clang-19, libbpf-dev, iproute2, bpftool, iperf3, …).
+    Deps,
+    /// Run the demo end to end.
+    Demo,
+    /// Run every test: unit tests, then privileged end-to-end tests.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Measure; prints Markdown tables with ratios.
+    Bench {
+        /// Which benchmark: datapath (more come with later issues).
+        #[arg(default_value = "datapath")]
+        which: String,
+    },
+    /// Internal: the part of `demo` that needs root.
+    #[command(hide = true)]
+    DemoPrivileged,
+    /// Internal: the part of `bench` that needs root.
+    #[command(hide = true)]
+    BenchPrivileged { which: String },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Deps => sh::deps(),
+        Cmd::Demo => {
+            sh::deps()?;
+            sh::build_bins(true)?;
+            sh::run_privileged(&["demo-privileged"])
+        }
+        Cmd::DemoPrivileged => demo::run(),
+        Cmd::Test { filter } => test(filter),
+        Cmd::Bench { which } => {
+            sh::deps()?;
+            sh::build_bins(true)?;
+            sh::run_privileged(&["bench-privileged", &which])
+        }
+        Cmd::BenchPrivileged { which } => bench::run(&which),
+    }
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    sh::deps()?;
+    // Binaries first: the end-to-end tests drive them.
+    sh::build_bins(false)?;
+    let mut unit = vec!["test", "--workspace", "--exclude", "bottle-tests"];
+    if let Some(f) = &filter {
+        unit.push(f);
+    }
+    sh::cargo(&unit)?;
+    // The end-to-end tests share kernel state, so they run one at a time, as root.
+    let executables = sh::test_executables("bottle-tests")?;
+    for exe in executables {
+        let mut args = vec![exe.as_str(), "--test-threads=1"];
+        if let Some(f) = &filter {
+            args.push(f);
+        }
+        sh::run_as_root(&args, &[("BOTTLE_BIN_DIR", &sh::bin_dir(false)?)])?;
+    }
+    Ok(())
+}

@@ -202,7 +202,9 @@ impl EgressPolicy {
                         HostPattern::Wildcard(s) => format!("*.{s}"),
                     };
                     if !seen.insert(key.clone()) {
-                        err(format!("host {key:?} appears in more than one route; merge them"));
+                        err(format!(
+                            "host {key:?} appears in more than one route; merge them"
+                        ));
                     }
                 }
                 Err(message) => err(message),
@@ -224,14 +226,18 @@ impl EgressPolicy {
             }
             if let Some(pipelock) = &route.pipelock {
                 if pipelock.tls_passthrough && route.auth.is_some() {
-                    err("tls_passthrough and auth cannot both be set: a passthrough route \
+                    err(
+                        "tls_passthrough and auth cannot both be set: a passthrough route \
                          never sees the request, so it cannot inject a credential"
-                        .into());
+                            .into(),
+                    );
                 }
                 if pipelock.tls_passthrough && !route.path_allowlist.is_empty() {
-                    err("tls_passthrough and path_allowlist cannot both be set: a passthrough \
+                    err(
+                        "tls_passthrough and path_allowlist cannot both be set: a passthrough \
                          route never sees the path"
-                        .into());
+                            .into(),
+                    );
                 }
                 for cidr in &pipelock.ssrf_ip_allowlist {
                     if parse_cidr(cidr).is_none() {
@@ -243,7 +249,9 @@ impl EgressPolicy {
             }
             if let Some(target) = &route.connect_to {
                 if target.parse::<SocketAddr>().is_err() {
-                    err(format!("connect_to {target:?} must be IP:PORT, e.g. 10.1.0.5:443"));
+                    err(format!(
+                        "connect_to {target:?} must be IP:PORT, e.g. 10.1.0.5:443"
+                    ));
                 }
             }
             if route.role.as_deref().is_some_and(|r| !r.is_empty()) {
@@ -304,7 +312,10 @@ mod tests {
         assert!(HostPattern::parse("*").is_err());
         assert!(HostPattern::parse("*.com").is_err());
         assert!(HostPattern::parse("*.co.uk").is_err());
-        assert!(HostPattern::parse("*.github.io").is_err(), "private PSL entries count");
+        assert!(
+            HostPattern::parse("*.github.io").is_err(),
+            "private PSL entries count"
+        );
         assert!(HostPattern::parse("a.*.com").is_err());
         assert!(HostPattern::parse("10.0.0.1").is_err());
         assert!(HostPattern::parse("localhost").is_err());
@@ -332,7 +343,11 @@ mod tests {
         let errors = policy.validate().unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert!(text[0].starts_with("egress.routes[1]: host \"a.example.com\" appears"));
-        assert_eq!(errors.iter().filter(|e| e.route == Some(2)).count(), 7, "{text:#?}");
+        assert_eq!(
+            errors.iter().filter(|e| e.route == Some(2)).count(),
+            7,
+            "{text:#?}"
+        );
     }
 
     #[test]
@@ -349,7 +364,11 @@ mod tests {
             policy.routes[0].auth.as_ref().unwrap().scheme,
             AuthScheme::Token
         );
-        let unknown = serde_json::from_str::<EgressPolicy>(r#"{"routes":[{"host":"a.b","hots":1}]}"#);
-        assert!(unknown.unwrap_err().to_string().contains("unknown field `hots`"));
+        let unknown =
+            serde_json::from_str::<EgressPolicy>(r#"{"routes":[{"host":"a.b","hots":1}]}"#);
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `hots`"));
     }
 }

@@ -172,7 +172,12 @@ async fn fetch_stats(client: &Client, name: &Option<String>) -> Result<Vec<Bottl
     })
 }
 
-async fn stats(client: &Client, name: Option<String>, watch: bool, json: bool) -> Result<(), CliError> {
+async fn stats(
+    client: &Client,
+    name: Option<String>,
+    watch: bool,
+    json: bool,
+) -> Result<(), CliError> {
     let mut previous: Vec<BottleStats> = Vec::new();
     loop {
         let samples = fetch_stats(client, &name).await?;

@@ -175,9 +175,8 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
     } else {
         bytes
     };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}"))
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))
 }
 
 async fn handle(
@@ -221,9 +220,10 @@ async fn route(
             let info = manager.lock().await.create(caller, body).await?;
             Ok(json(StatusCode::CREATED, &info))
         }
-        (&Method::GET, ["bottles", name]) => {
-            Ok(json(StatusCode::OK, &manager.lock().await.get(caller, name)?))
-        }
+        (&Method::GET, ["bottles", name]) => Ok(json(
+            StatusCode::OK,
+            &manager.lock().await.get(caller, name)?,
+        )),
         (&Method::DELETE, ["bottles", name]) => {
             manager.lock().await.remove(caller, name).await?;
             let mut resp = Response::new(Full::new(Bytes::new()));
@@ -237,10 +237,14 @@ async fn route(
                 .set_frozen(caller, name, *action == "freeze")?;
             Ok(json(StatusCode::OK, &info))
         }
-        (&Method::GET, ["bottles", name, "stats"]) => {
-            Ok(json(StatusCode::OK, &manager.lock().await.stats(caller, name)?))
-        }
-        (&Method::GET, ["stats"]) => Ok(json(StatusCode::OK, &manager.lock().await.all_stats(caller))),
+        (&Method::GET, ["bottles", name, "stats"]) => Ok(json(
+            StatusCode::OK,
+            &manager.lock().await.stats(caller, name)?,
+        )),
+        (&Method::GET, ["stats"]) => Ok(json(
+            StatusCode::OK,
+            &manager.lock().await.all_stats(caller),
+        )),
         (&Method::GET, ["kill-switch"]) => {
             let engaged = manager.lock().await.kill_switch(caller)?;
             Ok(json(StatusCode::OK, &KillSwitch { engaged }))

@@ -211,7 +211,11 @@ mod tests {
         assert_eq!(c.pool.to_string(), "10.99.0.0/24");
         assert_eq!(c.service_ports.len(), 1);
 
-        std::fs::write(&missing, "pool = \"10.99.0.0/24\"\nbottle_prefix_len = 20\n").unwrap();
+        std::fs::write(
+            &missing,
+            "pool = \"10.99.0.0/24\"\nbottle_prefix_len = 20\n",
+        )
+        .unwrap();
         let e = AgentConfig::load(&missing, true).unwrap_err().to_string();
         assert!(e.contains("bottle_prefix_len 20"), "{e}");
 

@@ -14,8 +14,8 @@ use aya::programs::tc::{self, NlOptions, SchedClassifier, TcAttachOptions, TcAtt
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use bottle_ebpf::maps::{
-    BottleCounters, BottleGlobal, BottlePolicy, BottlePortKey, FLAG_FROZEN, GLOBAL_MAP,
-    POLICY_MAP, PORTS_MAP, STATS_MAP,
+    BottleCounters, BottleGlobal, BottlePolicy, BottlePortKey, FLAG_FROZEN, GLOBAL_MAP, POLICY_MAP,
+    PORTS_MAP, STATS_MAP,
 };
 use tracing::warn;
 
@@ -293,7 +293,12 @@ impl Datapath {
 
     /// Removes a bottle's map entries and link pins. Each step runs even if an earlier one
     /// failed; failures are returned for the caller to report.
-    pub fn uninstall(&mut self, id: &str, ifindex: Option<u32>, ports: &[ServicePort]) -> Vec<String> {
+    pub fn uninstall(
+        &mut self,
+        id: &str,
+        ifindex: Option<u32>,
+        ports: &[ServicePort],
+    ) -> Vec<String> {
         let mut failures = Vec::new();
         if let Some(ifindex) = ifindex {
             for port in ports {
@@ -414,7 +419,11 @@ fn attach_tcx(
     let prog = program(ebpf, name)?;
     // First in the chain: a program ahead of ours returning "pass" would bypass enforcement.
     let link_id = prog
-        .attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
+        .attach_with_options(
+            ifname,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
         .map_err(prog_err(name))?;
     let link = prog.take_link(link_id).map_err(prog_err(name))?;
     let fd_link: FdLink = link.try_into().map_err(|e| DatapathError::Pin {
@@ -436,7 +445,11 @@ fn attach_clsact(
 ) -> Result<()> {
     let prog = program(ebpf, name)?;
     let link_id = prog
-        .attach_with_options(ifname, attach_type, TcAttachOptions::Netlink(NlOptions::default()))
+        .attach_with_options(
+            ifname,
+            attach_type,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
         .map_err(prog_err(name))?;
     let link = prog.take_link(link_id).map_err(prog_err(name))?;
     // A netlink filter lives with the interface; dropping the link would detach it, so the

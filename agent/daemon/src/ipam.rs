@@ -106,10 +106,16 @@ mod tests {
         let mut ipam = Ipam::new("10.213.0.0/29".parse().unwrap(), 30);
         assert_eq!(ipam.capacity(), 2);
         let a = ipam.allocate().unwrap();
-        assert_eq!((a.gateway, a.bottle), ("10.213.0.1".parse().unwrap(), "10.213.0.2".parse().unwrap()));
+        assert_eq!(
+            (a.gateway, a.bottle),
+            ("10.213.0.1".parse().unwrap(), "10.213.0.2".parse().unwrap())
+        );
         let b = ipam.allocate().unwrap();
         assert_eq!(b.gateway, "10.213.0.5".parse::<Ipv4Addr>().unwrap());
-        assert!(matches!(ipam.allocate(), Err(IpamError::Exhausted { capacity: 2, .. })));
+        assert!(matches!(
+            ipam.allocate(),
+            Err(IpamError::Exhausted { capacity: 2, .. })
+        ));
         ipam.release(a.index);
         assert_eq!(ipam.allocate().unwrap(), a);
     }
@@ -121,7 +127,10 @@ mod tests {
         assert_eq!(block.index, 1);
         assert_eq!(ipam.allocate().unwrap().index, 0);
         assert_eq!(ipam.allocate().unwrap().index, 2);
-        assert!(ipam.reserve("10.213.0.5".parse().unwrap()).is_err(), "gateway is not a bottle address");
+        assert!(
+            ipam.reserve("10.213.0.5".parse().unwrap()).is_err(),
+            "gateway is not a bottle address"
+        );
         assert!(ipam.reserve("10.9.0.2".parse().unwrap()).is_err());
     }
 }

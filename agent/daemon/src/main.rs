@@ -168,14 +168,14 @@ async fn run(config: AgentConfig) -> ExitCode {
     };
     info!(socket = %socket.display(), "bottle-agent ready");
     let manager = Arc::new(Mutex::new(manager));
-    let mut sigterm =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                error!("cannot install SIGTERM handler: {e}");
-                return AgentExit::Runtime.into();
-            }
-        };
+    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install SIGTERM handler: {e}");
+            return AgentExit::Runtime.into();
+        }
+    };
     tokio::select! {
         () = api::serve(listener, manager) => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; bottles stay up and enforced"),

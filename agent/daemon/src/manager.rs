@@ -14,7 +14,7 @@ use bottle_api::{
 use bottle_ebpf::maps::{BottleCounters, DropReason};
 use rand::Rng;
 use rtnetlink::Handle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::AgentConfig;
 use crate::datapath::{BottleDatapath, Datapath, DatapathError};
@@ -262,10 +262,19 @@ impl Manager {
 
     /// Makes every kernel object of a bottle. `ifindex` is filled in as soon as the veth
     /// exists so a rollback can find the map entries.
-    async fn build(&mut self, meta: &Metadata, names: &Names, ifindex: &mut Option<u32>) -> Result<()> {
+    async fn build(
+        &mut self,
+        meta: &Metadata,
+        names: &Names,
+        ifindex: &mut Option<u32>,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let step = |what: &str| debug!(bottle = %meta.name, step = what, elapsed_us = started.elapsed().as_micros() as u64, "create");
         let netns_name = names.netns.clone();
         tokio::task::spawn_blocking(move || netns::create(&netns_name)).await??;
+        step("netns");
         let index = network::create_veth(&self.netlink, &names.host, &names.peer).await?;
+        step("veth");
         *ifindex = Some(index);
         // Enforcement first: the programs are attached before either end is up.
         let ports = self.config.service_ports.clone();
@@ -278,6 +287,7 @@ impl Manager {
         };
         self.datapath.install(&dp)?;
         self.datapath.attach(&meta.id, &names.host)?;
+        step("datapath");
         network::move_to_netns(&self.netlink, &names.peer, &names.netns).await?;
         network::configure_host_side(
             &self.netlink,
@@ -287,13 +297,17 @@ impl Manager {
             meta.prefix_len,
         )
         .await?;
+        step("host side");
         let (netns_name, peer) = (names.netns.clone(), names.peer.clone());
-        let (bottle, gateway, prefix) = (meta.bottle_address, meta.gateway_address, meta.prefix_len);
+        let (bottle, gateway, prefix) =
+            (meta.bottle_address, meta.gateway_address, meta.prefix_len);
         tokio::task::spawn_blocking(move || {
             network::configure_inside(&netns_name, &peer, bottle, gateway, prefix)
         })
         .await??;
+        step("inside");
         state::save(&self.config.state_dir, meta)?;
+        step("state");
         Ok(())
     }
 
@@ -510,7 +524,8 @@ impl Manager {
     async fn remove_orphans(&mut self) {
         let ids: BTreeSet<String> = self.bottles.values().map(|b| b.meta.id.clone()).collect();
         let id_of = |name: &str, prefix: &str| -> Option<String> {
-            name.strip_prefix(prefix).map(|rest| rest.chars().take(8).collect())
+            name.strip_prefix(prefix)
+                .map(|rest| rest.chars().take(8).collect())
         };
         for ns in netns::list_with_prefix(&self.config.netns_prefix) {
             if id_of(&ns, &self.config.netns_prefix).is_some_and(|id| !ids.contains(&id)) {

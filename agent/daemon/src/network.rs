@@ -21,7 +21,7 @@ pub enum NetworkError {
     Netlink {
         action: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     #[error("cannot open a netlink socket: {0}")]
     Socket(#[source] std::io::Error),
@@ -43,7 +43,10 @@ pub type Result<T> = std::result::Result<T, NetworkError>;
 
 fn nl(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
     let action = action.into();
-    move |source| NetworkError::Netlink { action, source }
+    move |source| NetworkError::Netlink {
+        action,
+        source: Box::new(source),
+    }
 }
 
 /// Opens a netlink connection in the calling thread's namespace, driven by the current
@@ -63,7 +66,7 @@ pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
         Err(source) => Err(NetworkError::Netlink {
             action: format!("look up {name}"),
-            source,
+            source: Box::new(source),
         }),
     }
 }
@@ -108,7 +111,7 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
         Err(source) => Err(NetworkError::Netlink {
             action: format!("delete {name}"),
-            source,
+            source: Box::new(source),
         }),
     }
 }
@@ -137,7 +140,10 @@ pub async fn configure_host_side(
     gateway: Ipv4Addr,
     prefix_len: u8,
 ) -> Result<()> {
-    write_sysctl(&format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1")?;
+    write_sysctl(
+        &format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+        "1",
+    )?;
     write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "0")?;
     handle
         .address()

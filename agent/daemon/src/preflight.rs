@@ -44,10 +44,17 @@ pub fn check(bpffs_root: &Path) -> Vec<String> {
 
 fn effective_caps() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
+#[expect(
+    clippy::unnecessary_cast,
+    reason = "statfs f_type is i64 on x86_64 glibc but narrower on other targets"
+)]
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)

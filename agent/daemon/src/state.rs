@@ -66,8 +66,10 @@ pub fn create_private_dir(path: &Path) -> Result<()> {
         })
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a crash leaves either
-/// the old or the new content, never half of one.
+/// Writes `bytes` to `path` through a temporary file and a rename, so an agent crash leaves
+/// either the old or the new content, never half of one. No fsync: after a power loss the
+/// namespaces (in tmpfs) are gone too, and re-adoption tears such bottles down anyway; an
+/// fsync per create would cost more than the rest of the create.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let err = |source| StateError::Write {
@@ -82,7 +84,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .open(&tmp)
         .map_err(err)?;
     file.write_all(bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
 
@@ -154,10 +155,16 @@ mod tests {
         save(dir.path(), &meta).unwrap();
         let bdir = bottle_dir(dir.path(), "0123abcd");
         assert_eq!(load(&bdir).unwrap(), meta);
-        let mode = std::fs::metadata(bdir.join(METADATA_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(bdir.join(METADATA_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(bottle_dirs(dir.path()), vec![bdir.clone()]);
         std::fs::write(bdir.join(METADATA_FILE), b"{").unwrap();
-        assert!(load(&bdir).unwrap_err().to_string().contains("not valid bottle metadata"));
+        assert!(load(&bdir)
+            .unwrap_err()
+            .to_string()
+            .contains("not valid bottle metadata"));
     }
 }

@@ -1,0 +1,153 @@
+//! A private `bottle-agent` for the demo and benches: its own socket, state, pool, name
+//! prefixes and pin root, so it never touches a real agent's bottles.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub struct PrivateAgent {
+    pub dir: PathBuf,
+    pub pin_root: PathBuf,
+    child: Child,
+}
+
+impl PrivateAgent {
+    /// `tag` names everything (≤ 4 chars); `extra` is appended to the TOML config.
+    pub fn start(tag: &str, pool: &str, extra: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("bottle-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/bottle-{tag}"));
+        let netns_prefix = format!("bottle{tag}-");
+        let veth_prefix = format!("b{tag}-");
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "socket = \"{d}/agent.sock\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\n\
+                 bpf_pin_root = \"{p}\"\npool = \"{pool}\"\nnetns_prefix = \"{netns_prefix}\"\n\
+                 veth_prefix = \"{veth_prefix}\"\nlog = \"warn\"\n{extra}\n",
+                d = dir.display(),
+                p = pin_root.display(),
+            ),
+        )?;
+        let bin = PathBuf::from(crate::sh::bin_dir(true)?).join("bottle-agent");
+        let child = Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut agent = Self {
+            dir,
+            pin_root,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(agent.socket()).is_err() {
+            if let Some(status) = agent.child.try_wait()? {
+                bail!("bottle-agent exited ({status})");
+            }
+            if Instant::now() > deadline {
+                bail!("bottle-agent did not start within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(agent)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// One API call over the socket; returns (status, body).
+    pub fn api(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        let mut s = UnixStream::connect(self.socket())?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        Ok((status, body))
+    }
+
+    /// Creates a bottle; returns its metadata as JSON.
+    pub fn create(&self, name: &str) -> Result<serde_json::Value> {
+        let (status, body) =
+            self.api("POST", "/v1/bottles", &format!("{{\"name\":\"{name}\"}}"))?;
+        if status != 201 {
+            bail!("create {name}: HTTP {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let (status, body) = self.api("DELETE", &format!("/v1/bottles/{name}"), "")?;
+        if status != 204 {
+            bail!("rm {name}: HTTP {status}: {body}");
+        }
+        Ok(())
+    }
+
+    /// Runs the real `bottle` client against this agent, printing the command and output.
+    pub fn client(&self, args: &[&str]) -> Result<String> {
+        let bin = PathBuf::from(crate::sh::bin_dir(true)?).join("bottle");
+        println!("$ bottle {}", args.join(" "));
+        let out = Command::new(bin)
+            .args(args)
+            .env("BOTTLE_HOST", self.socket())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{text}");
+        if !out.status.success() {
+            bail!("bottle {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(text)
+    }
+}
+
+impl Drop for PrivateAgent {
+    fn drop(&mut self) {
+        // Remove every bottle through the agent, then stop it and clear what is left.
+        if let Ok((200, body)) = self.api("GET", "/v1/bottles", "") {
+            if let Ok(serde_json::Value::Array(list)) = serde_json::from_str(&body) {
+                for b in list {
+                    if let Some(name) = b["name"].as_str() {
+                        let _ = self.remove(name);
+                    }
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `args` inside the namespace; returns (success, stdout+stderr).
+pub fn netns_exec(netns: &str, args: &[&str]) -> Result<(bool, String)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(args)
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.success(), text))
+}

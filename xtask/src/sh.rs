@@ -1,0 +1,148 @@
+//! Running commands: cargo, apt-get, sudo.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages the build, tests, demo and benches need: (command or file to look for,
+/// package).
+const PACKAGES: &[(&str, &str)] = &[
+    ("/usr/bin/clang-19", "clang-19"),
+    ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
+    (
+        "/usr/include/x86_64-linux-gnu/asm/types.h",
+        "linux-libc-dev",
+    ),
+    ("/usr/sbin/ip", "iproute2"),
+    ("/usr/sbin/bpftool", "bpftool"),
+    ("/usr/bin/iperf3", "iperf3"),
+    ("/usr/sbin/sysctl", "procps"),
+];
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Installs whatever is missing from [`PACKAGES`].
+pub fn deps() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(path, _)| !std::path::Path::new(path).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut full: Vec<&str> = sudo.to_vec();
+        full.extend_from_slice(&["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+        full.extend_from_slice(args);
+        let mut cmd = Command::new(full[0]);
+        cmd.args(&full[1..]);
+        status(&mut cmd)
+    };
+    apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(missing);
+    apt(&install)
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    status(Command::new(cargo).args(args))
+}
+
+pub fn build_bins(release: bool) -> Result<()> {
+    let mut args = vec!["build", "--workspace", "--bins"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)
+}
+
+/// target/<profile> of this workspace.
+pub fn bin_dir(release: bool) -> Result<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let dir = target.join(if release { "release" } else { "debug" });
+    Ok(dir.to_string_lossy().into_owned())
+}
+
+/// Builds a package's test binaries and returns their paths.
+pub fn test_executables(package: &str) -> Result<Vec<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["test", "--no-run", "--message-format=json", "-p", package])
+        .output()
+        .context("cannot run cargo test --no-run")?;
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        bail!("building the {package} tests failed");
+    }
+    let mut exes = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["profile"]["test"] == true {
+            if let Some(exe) = msg["executable"].as_str() {
+                exes.push(exe.to_string());
+            }
+        }
+    }
+    if exes.is_empty() {
+        bail!("no test executables found for {package}");
+    }
+    Ok(exes)
+}
+
+/// Runs a command as root: directly when root, else through sudo. CI's BOTTLE_PRIVILEGED_TESTS
+/// is passed along so a missing privilege fails rather than skips.
+pub fn run_as_root(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let mut full: Vec<String> = Vec::new();
+    if !is_root() {
+        full.extend(["sudo".into(), "env".into()]);
+        for (k, v) in env {
+            full.push(format!("{k}={v}"));
+        }
+        if let Ok(v) = std::env::var("BOTTLE_PRIVILEGED_TESTS") {
+            full.push(format!("BOTTLE_PRIVILEGED_TESTS={v}"));
+        }
+    }
+    full.extend(args.iter().map(|s| s.to_string()));
+    let mut cmd = Command::new(&full[0]);
+    cmd.args(&full[1..]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    status(&mut cmd)
+}
+
+/// Re-runs this xtask binary with `args`, as root.
+pub fn run_privileged(args: &[&str]) -> Result<()> {
+    let me = std::env::current_exe().context("cannot find the xtask binary")?;
+    let me = me.to_string_lossy().into_owned();
+    let mut full = vec![me.as_str()];
+    full.extend_from_slice(args);
+    run_as_root(&full, &[])
+}
