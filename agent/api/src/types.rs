@@ -13,6 +13,9 @@
 //! | `POST /v1/bottles/{name}/unfreeze` |                        | [`BottleInfo`]      |
 //! | `GET /v1/bottles/{name}/stats`     |                        | [`BottleStats`]     |
 //! | `GET /v1/stats`                    |                        | `[BottleStats]`     |
+//! | `PUT /v1/bottles/{name}/policy`    | [`SetPolicy`]          | [`BottleInfo`]      |
+//! | `GET /v1/bottles/{name}/ca`        |                        | CA certificate, PEM |
+//! | `GET /v1/bottles/{name}/audit`     | `?offset=N`            | audit log bytes     |
 //! | `GET /v1/kill-switch`              |                        | [`KillSwitch`]      |
 //! | `PUT /v1/kill-switch`              | [`KillSwitch`]         | [`KillSwitch`]      |
 //!
@@ -47,6 +50,43 @@ pub struct CreateBottle {
     /// client from its environment. The agent keeps them in memory only.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// DLP settings for this bottle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlp: Option<DlpSettings>,
+}
+
+/// `PUT /v1/bottles/{name}/policy`: replaces the egress policy atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPolicy {
+    pub egress: EgressPolicy,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlp: Option<DlpSettings>,
+}
+
+/// DLP behaviour of one bottle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlpSettings {
+    /// `block` (default): refuse a request with a hit; `warn`: let it through, log the hit.
+    #[serde(default)]
+    pub mode: DlpMode,
+    /// gitleaks-format TOML rules (the file's content, read by the client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_toml: Option<String>,
+    /// Host values to find verbatim (and encoded) in anything that leaves, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_values: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DlpMode {
+    #[default]
+    Block,
+    Warn,
 }
 
 /// Lifecycle state of a bottle as the agent sees it.
@@ -77,6 +117,9 @@ pub struct BottleInfo {
     pub prefix_len: u8,
     /// Gateway ports the bottle may reach, as `proto/port` (e.g. `tcp/443`).
     pub allowed_ports: Vec<String>,
+    /// Hosts of the egress policy's routes (no credentials).
+    #[serde(default)]
+    pub egress_hosts: Vec<String>,
 }
 
 /// Packet and byte totals for one direction.
@@ -148,6 +191,39 @@ pub struct BottleStats {
     /// Milliseconds since the Unix epoch when the counters were read, for rate computation.
     pub sampled_at_ms: u64,
     pub kernel: KernelCounters,
+    /// What the agent's services counted (proxy, DNS, DLP).
+    #[serde(default)]
+    pub l7: L7Counters,
+}
+
+/// Requests and bytes to one upstream host with one decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostTraffic {
+    pub host: String,
+    /// `allowed`, `denied`, `dlp_blocked`, `dlp_warned`, `error`.
+    pub decision: String,
+    pub requests: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// What the bottle's DNS server answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsCounters {
+    pub queries: u64,
+    /// Allowlisted names (answered with the gateway).
+    pub answered: u64,
+    /// Everything else (NXDOMAIN).
+    pub refused: u64,
+}
+
+/// The services' counters for one bottle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7Counters {
+    pub http: Vec<HostTraffic>,
+    pub dns: DnsCounters,
+    /// DLP hits by rule id.
+    pub dlp_hits: BTreeMap<String, u64>,
 }
 
 /// `GET|PUT /v1/kill-switch`.
