@@ -8,6 +8,8 @@
 //! dlp_scan_mb_per_s=<best MB/s, 1 MB = 10^6 bytes>
 //! dlp_scan_mb_per_s_median=<median>
 //! planted_found=<found>/<planted>
+//! dlp_stream_mb_per_s=<best, streaming in 16 KiB chunks (in-memory mode only)>
+//! dlp_stream_max_buffered_bytes=<largest per-stream tail seen>
 //! unplanted_findings=<findings not on a planted secret>
 //! ```
 //!
@@ -20,6 +22,9 @@
 //! * `--size-mb N` (default 100), `--iterations N` (default 5).
 //!
 //! Run: `cargo run --release -p bottle-dlp --example dlp_bench`
+
+// The PRNG deliberately truncates to bytes/indexes.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -101,9 +106,9 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 const WORDS: &[&str] = &[
     "request", "response", "user", "account", "config", "value", "buffer", "stream", "client",
     "server", "handler", "result", "error", "context", "session", "token", "key", "secret",
-    "password", "cache", "index", "record", "payload", "header", "body", "route", "policy",
-    "aws", "region", "bucket", "message", "channel", "worker", "queue", "retry", "timeout",
-    "metrics", "span", "trace", "limit", "offset", "cursor", "page", "items", "data", "name",
+    "password", "cache", "index", "record", "payload", "header", "body", "route", "policy", "aws",
+    "region", "bucket", "message", "channel", "worker", "queue", "retry", "timeout", "metrics",
+    "span", "trace", "limit", "offset", "cursor", "page", "items", "data", "name",
 ];
 
 fn source_doc(rng: &mut Rng, size: usize) -> Vec<u8> {
@@ -112,15 +117,29 @@ fn source_doc(rng: &mut Rng, size: usize) -> Vec<u8> {
         let (a, b, c) = (rng.pick(WORDS), rng.pick(WORDS), rng.pick(WORDS));
         let n = rng.below(10_000);
         let line = match rng.below(10) {
-            0 => format!("fn {a}_{b}(&self, {c}: &str) -> Result<{}, Error> {{\n", capitalize(a)),
+            0 => format!(
+                "fn {a}_{b}(&self, {c}: &str) -> Result<{}, Error> {{\n",
+                capitalize(a)
+            ),
             1 => format!("    let {a} = self.{b}.get_{c}({n})?;\n"),
             2 => format!("    // Resolve the {a} for this {b} before the {c} expires.\n"),
-            3 => format!("    if {a}.len() > {n} {{ return Err(Error::{}); }}\n", capitalize(b)),
+            3 => format!(
+                "    if {a}.len() > {n} {{ return Err(Error::{}); }}\n",
+                capitalize(b)
+            ),
             4 => format!("def {a}_{b}({c}, retries={n}):\n    return {c}.{a}()\n"),
             5 => format!("import {a}.{b} as {c}\n"),
             6 => format!("    {a}_{b}: Option<{}>,\n", capitalize(c)),
-            7 => format!("const {}_{}: usize = {n};\n", a.to_uppercase(), b.to_uppercase()),
-            8 => format!("    }}\n}}\n\nimpl {} for {} {{\n", capitalize(a), capitalize(b)),
+            7 => format!(
+                "const {}_{}: usize = {n};\n",
+                a.to_uppercase(),
+                b.to_uppercase()
+            ),
+            8 => format!(
+                "    }}\n}}\n\nimpl {} for {} {{\n",
+                capitalize(a),
+                capitalize(b)
+            ),
             _ => format!("    log::debug!(\"{a} {b} {{}}\", {c});\n"),
         };
         out.extend_from_slice(line.as_bytes());
@@ -244,7 +263,10 @@ fn planted(rng: &mut Rng, secrets: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>
     };
     let mut items = vec![
         ("github-pat".to_string(), s("ghp_", ALNUM, 36)),
-        ("aws-access-key-id".to_string(), b"AKIAIOSFODNN7EXAMPLE".to_vec()),
+        (
+            "aws-access-key-id".to_string(),
+            b"AKIAIOSFODNN7EXAMPLE".to_vec(),
+        ),
         ("slack-token".to_string(), {
             let mut v = s("xoxb-", b"0123456789", 12);
             v.push(b'-');
@@ -285,7 +307,12 @@ fn planted(rng: &mut Rng, secrets: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>
     blob.extend_from_slice(b"\"}");
     items.push((id1.clone(), base64(&blob)));
     let (id2, v2) = &secrets[2];
-    items.push((id2.clone(), v2.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]).collect()));
+    items.push((
+        id2.clone(),
+        v2.iter()
+            .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
+            .collect(),
+    ));
     let (id3, v3) = &secrets[3];
     let mut pct = b"t=".to_vec();
     for &b in v3.iter() {
@@ -299,20 +326,25 @@ fn planted(rng: &mut Rng, secrets: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>
     items
 }
 
-/// One corpus file: name and bytes, plus planted (offset, len, rule id).
+/// A planted secret's (offset, len, expected rule id).
+type Planted = (usize, usize, String);
+
+/// One corpus file: name and bytes, plus planted secrets in it.
 struct Doc {
     name: String,
     bytes: Vec<u8>,
-    planted: Vec<(usize, usize, String)>,
+    planted: Vec<Planted>,
 }
 
 fn generate(size_mb: usize, secrets: &[(String, Vec<u8>)]) -> Vec<Doc> {
-    let mut rng = Rng(0x5EED_0F_B077_1E);
+    let mut rng = Rng(0x5EED_0FB0_771E);
     let target = size_mb * 1_000_000;
     let mut docs = Vec::new();
     let mut total = 0;
     while total < target {
-        let size = (256 * 1024 + rng.below(768 * 1024)).min(target - total).max(1);
+        let size = (256 * 1024 + rng.below(768 * 1024))
+            .min(target - total)
+            .max(1);
         let (ext, bytes) = match rng.below(20) {
             0..=6 => ("rs", source_doc(&mut rng, size)),
             7..=11 => ("json", json_doc(&mut rng, size)),
@@ -373,7 +405,12 @@ fn write_corpus(dir: &Path, docs: &[Doc]) -> Result<(), String> {
     }
     fs::write(dir.join(MANIFEST), manifest).map_err(|e| format!("{MANIFEST}: {e}"))?;
     let total: usize = docs.iter().map(|d| d.bytes.len()).sum();
-    println!("wrote {} files ({:.1} MB) to {}", docs.len(), total as f64 / 1e6, dir.display());
+    println!(
+        "wrote {} files ({:.1} MB) to {}",
+        docs.len(),
+        total as f64 / 1e6,
+        dir.display()
+    );
     Ok(())
 }
 
@@ -401,7 +438,11 @@ fn read_corpus(dir: &Path) -> Result<Vec<Doc>, String> {
         for line in manifest.lines().filter(|l| !l.starts_with('#')) {
             let f: Vec<&str> = line.split('\t').collect();
             if let [file, off, len, rule] = f[..] {
-                if let (Some(doc), Ok(off), Ok(len)) = (docs.iter_mut().find(|d| d.name == file), off.parse(), len.parse()) {
+                if let (Some(doc), Ok(off), Ok(len)) = (
+                    docs.iter_mut().find(|d| d.name == file),
+                    off.parse(),
+                    len.parse(),
+                ) {
                     doc.planted.push((off, len, rule.to_string()));
                 }
             }
@@ -412,14 +453,17 @@ fn read_corpus(dir: &Path) -> Result<Vec<Doc>, String> {
 
 /// (found, planted, findings not overlapping any planted secret); prints
 /// the rule ids of planted secrets that were missed.
-fn score(planted: &[(usize, usize, String)], findings: &[Finding]) -> (usize, usize, usize) {
+fn score(planted: &[Planted], findings: &[Finding]) -> (usize, usize, usize) {
     let overlaps = |f: &Finding, off: usize, len: usize| {
         let start = f.offset as usize;
         start < off + len && off < start + f.len
     };
     let mut found = 0;
     for (off, len, rule) in planted {
-        if findings.iter().any(|f| &f.rule_id == rule && overlaps(f, *off, *len)) {
+        if findings
+            .iter()
+            .any(|f| &f.rule_id == rule && overlaps(f, *off, *len))
+        {
             found += 1;
         } else {
             println!("missed={rule}");
@@ -440,14 +484,21 @@ fn run(opts: Options) -> Result<(), String> {
     let rules = build_rules()?;
 
     // In-memory mode scans one buffer; directory mode one buffer per file.
-    let (buffers, planted): (Vec<Vec<u8>>, Vec<Vec<(usize, usize, String)>>) = match &opts.scan_dir {
-        Some(dir) => read_corpus(dir)?.into_iter().map(|d| (d.bytes, d.planted)).unzip(),
+    let (buffers, planted): (Vec<Vec<u8>>, Vec<Vec<Planted>>) = match &opts.scan_dir {
+        Some(dir) => read_corpus(dir)?
+            .into_iter()
+            .map(|d| (d.bytes, d.planted))
+            .unzip(),
         None => {
             let docs = generate(opts.size_mb, &secrets);
             let mut all = Vec::with_capacity(docs.iter().map(|d| d.bytes.len()).sum());
             let mut planted = Vec::new();
             for d in docs {
-                planted.extend(d.planted.iter().map(|(o, l, r)| (o + all.len(), *l, r.clone())));
+                planted.extend(
+                    d.planted
+                        .iter()
+                        .map(|(o, l, r)| (o + all.len(), *l, r.clone())),
+                );
                 all.extend_from_slice(&d.bytes);
             }
             (vec![all], vec![planted])
@@ -474,6 +525,31 @@ fn run(opts: Options) -> Result<(), String> {
         planted_n += b;
         stray += c;
         count += f.len();
+    }
+    if opts.scan_dir.is_none() {
+        let mut stream_best: f64 = 0.0;
+        let mut max_buffered = 0;
+        for _ in 0..opts.iterations {
+            let start = Instant::now();
+            let mut n = 0;
+            for buffer in &buffers {
+                let mut stream = rules.stream();
+                for chunk in buffer.chunks(16 * 1024) {
+                    n += stream.feed(chunk).len();
+                    max_buffered = max_buffered.max(stream.buffered_bytes());
+                }
+                n += stream.finish().len();
+            }
+            let rate = total as f64 / 1e6 / start.elapsed().as_secs_f64();
+            stream_best = stream_best.max(rate);
+            if n != count {
+                return Err(format!(
+                    "stream found {n} findings, whole-buffer scan {count}"
+                ));
+            }
+        }
+        println!("dlp_stream_mb_per_s={stream_best:.1}");
+        println!("dlp_stream_max_buffered_bytes={max_buffered}");
     }
     println!("dlp_scan_mb_per_s={best:.1}");
     println!("dlp_scan_mb_per_s_median={median:.1}");

@@ -39,12 +39,20 @@ pub enum DecodeError {
         "Content-Encoding has {count} layers; at most {max} are decoded, the body cannot be inspected"
     )]
     TooManyLayers { count: usize, max: usize },
-    #[error("decoded body exceeds the {limit}-byte inspection limit (possible decompression bomb)")]
+    #[error(
+        "decoded body exceeds the {limit}-byte inspection limit (possible decompression bomb)"
+    )]
     TooLarge { limit: u64 },
     #[error("{coding} body is corrupt or truncated: {detail}")]
-    Corrupt { coding: &'static str, detail: String },
-    #[error("this scanner already failed or finished; create a new one per body")]
-    Finished,
+    Corrupt {
+        coding: &'static str,
+        detail: String,
+    },
+    /// A previous call already failed; the body was (and stays) blocked.
+    #[error(
+        "this body already failed to decode; block the request and use a new scanner per body"
+    )]
+    AlreadyFailed,
 }
 
 /// One Content-Encoding token.
@@ -134,7 +142,11 @@ impl std::fmt::Debug for DecodingScanner {
 
 impl DecodingScanner {
     /// Builds a scanner for a `Content-Encoding` header value.
-    pub fn new(rules: &Arc<RuleSet>, content_encoding: &str, limits: DecodeLimits) -> Result<Self, DecodeError> {
+    pub fn new(
+        rules: &Arc<RuleSet>,
+        content_encoding: &str,
+        limits: DecodeLimits,
+    ) -> Result<Self, DecodeError> {
         let codings = parse_content_encoding(content_encoding)?;
         if codings.len() > limits.max_layers {
             return Err(DecodeError::TooManyLayers {
@@ -168,7 +180,7 @@ impl DecodingScanner {
     /// the request must be blocked and the scanner is unusable.
     pub fn feed(&mut self, encoded: &[u8]) -> Result<Vec<Finding>, DecodeError> {
         if self.failed {
-            return Err(DecodeError::Finished);
+            return Err(DecodeError::AlreadyFailed);
         }
         let result = self.chain.write_all(encoded);
         self.settle(result)
@@ -178,7 +190,7 @@ impl DecodingScanner {
     /// findings.
     pub fn finish(mut self) -> Result<Vec<Finding>, DecodeError> {
         if self.failed {
-            return Err(DecodeError::Finished);
+            return Err(DecodeError::AlreadyFailed);
         }
         let result = self.chain.finish_layer();
         let mut findings = self.settle(result)?;
@@ -268,10 +280,11 @@ fn wrap(coding: ContentCoding, inner: Box<dyn Layer>) -> Result<Box<dyn Layer>, 
             BROTLI_BUFFER,
         ))),
         ContentCoding::Zstd => {
-            let mut decoder = zstd::stream::write::Decoder::new(next).map_err(|e| DecodeError::Corrupt {
-                coding: "zstd",
-                detail: format!("cannot create decoder: {e}"),
-            })?;
+            let mut decoder =
+                zstd::stream::write::Decoder::new(next).map_err(|e| DecodeError::Corrupt {
+                    coding: "zstd",
+                    detail: format!("cannot create decoder: {e}"),
+                })?;
             decoder
                 .window_log_max(ZSTD_WINDOW_LOG_MAX)
                 .map_err(|e| DecodeError::Corrupt {
@@ -341,7 +354,10 @@ impl Layer for Gzip {
 /// HTTP `deflate` is zlib-wrapped (RFC 9110), but some servers send raw
 /// deflate; the first two bytes tell them apart.
 enum Deflate {
-    Sniffing { pending: Vec<u8>, next: Next },
+    Sniffing {
+        pending: Vec<u8>,
+        next: Next,
+    },
     Zlib(flate2::write::ZlibDecoder<Next>),
     Raw(flate2::write::DeflateDecoder<Next>),
     /// Only seen transiently while switching state.

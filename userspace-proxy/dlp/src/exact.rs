@@ -56,11 +56,17 @@ pub enum SecretEncoding {
     Raw,
     /// Base64; `alignment` is the secret's byte offset mod 3 within the
     /// encoded blob. Only the stable inner part is matched.
-    Base64 { url_safe: bool, alignment: u8 },
+    Base64 {
+        url_safe: bool,
+        alignment: u8,
+    },
     HexLower,
     HexUpper,
     /// Percent-encoding with `%XX` in the given hex case.
-    PercentEncoded { upper_hex: bool, style: PercentStyle },
+    PercentEncoded {
+        upper_hex: bool,
+        style: PercentStyle,
+    },
 }
 
 /// Which bytes a percent-encoding escapes.
@@ -211,7 +217,14 @@ impl ExactSecrets {
     /// absolute offsets). `data` holds the stream from offset `base`; it must
     /// reach `stride - 1` bytes before `first` and `max_len` bytes past the
     /// last sample, or matches there are skipped (never a panic).
-    pub(crate) fn scan_samples(&self, data: &[u8], base: u64, first: u64, end: u64, out: &mut Vec<Hit>) {
+    pub(crate) fn scan_samples(
+        &self,
+        data: &[u8],
+        base: u64,
+        first: u64,
+        end: u64,
+        out: &mut Vec<Hit>,
+    ) {
         let Some(sieve) = &self.sieve else {
             return;
         };
@@ -230,7 +243,15 @@ impl ExactSecrets {
         }
     }
 
-    fn verify(&self, sieve: &Sieve, gram: u32, data: &[u8], base: u64, at: usize, out: &mut Vec<Hit>) {
+    fn verify(
+        &self,
+        sieve: &Sieve,
+        gram: u32,
+        data: &[u8],
+        base: u64,
+        at: usize,
+        out: &mut Vec<Hit>,
+    ) {
         let Some(candidates) = sieve.index.get(&gram) else {
             return;
         };
@@ -242,7 +263,12 @@ impl ExactSecrets {
                 continue;
             };
             if data.get(start..start + p.bytes.len()) == Some(p.bytes.as_slice()) {
-                out.push(Hit::new(base + start as u64, p.bytes.len(), Source::Secret(pattern), &[]));
+                out.push(Hit::new(
+                    base + start as u64,
+                    p.bytes.len(),
+                    Source::Secret(pattern),
+                    &[],
+                ));
             }
         }
     }
@@ -269,7 +295,10 @@ impl Sieve {
         let stride = min_len.checked_sub(GRAM - 1)?.max(1);
         let entries = patterns.len() * stride;
         // ~32 bits per entry keeps false positives near 3%; 2^12..2^22 bits.
-        let log2 = (entries * 32).next_power_of_two().trailing_zeros().clamp(12, 22);
+        let log2 = (entries * 32)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(12, 22);
         let mut sieve = Sieve {
             stride,
             max_len,
@@ -292,7 +321,7 @@ impl Sieve {
                         .index
                         .entry(gram)
                         .or_default()
-                        .push((pattern, offset as u32));
+                        .push((pattern, u32::try_from(offset).unwrap_or(u32::MAX)));
                 }
             }
         }
@@ -327,14 +356,30 @@ fn encodings(value: &[u8]) -> Vec<(SecretEncoding, Vec<u8>)> {
                     c => c,
                 })
                 .collect();
-            out.push((SecretEncoding::Base64 { url_safe: false, alignment }, std));
-            out.push((SecretEncoding::Base64 { url_safe: true, alignment }, url));
+            out.push((
+                SecretEncoding::Base64 {
+                    url_safe: false,
+                    alignment,
+                },
+                std,
+            ));
+            out.push((
+                SecretEncoding::Base64 {
+                    url_safe: true,
+                    alignment,
+                },
+                url,
+            ));
         }
     }
     out.push((SecretEncoding::HexLower, hex(value, b"0123456789abcdef")));
     out.push((SecretEncoding::HexUpper, hex(value, b"0123456789ABCDEF")));
     for upper_hex in [false, true] {
-        for style in [PercentStyle::Rfc3986, PercentStyle::Form, PercentStyle::AllSymbols] {
+        for style in [
+            PercentStyle::Rfc3986,
+            PercentStyle::Form,
+            PercentStyle::AllSymbols,
+        ] {
             if style == PercentStyle::Form && !value.contains(&b' ') {
                 continue;
             }
@@ -359,7 +404,10 @@ fn base64_inner(value: &[u8], alignment: u8) -> Vec<u8> {
     // Character i covers bits [6i, 6i+6); the secret covers [8*lead, 8*(lead+len)).
     let first = (8 * lead).div_ceil(6);
     let end = (8 * (lead + value.len())) / 6;
-    encoded.get(first..end).map(<[u8]>::to_vec).unwrap_or_default()
+    encoded
+        .get(first..end)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
 }
 
 fn base64_unpadded(data: &[u8]) -> Vec<u8> {
@@ -397,7 +445,8 @@ fn percent_encode(value: &[u8], upper_hex: bool, style: PercentStyle) -> Vec<u8>
     };
     let mut out = Vec::with_capacity(value.len() * 3);
     for &b in value {
-        let unreserved = matches!(b, b'-' | b'.' | b'_' | b'~') && style != PercentStyle::AllSymbols;
+        let unreserved =
+            matches!(b, b'-' | b'.' | b'_' | b'~') && style != PercentStyle::AllSymbols;
         if b.is_ascii_alphanumeric() || unreserved {
             out.push(b);
         } else if b == b' ' && style == PercentStyle::Form {
@@ -412,7 +461,12 @@ fn percent_encode(value: &[u8], upper_hex: bool, style: PercentStyle) -> Vec<u8>
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 mod tests {
     use super::*;
     use crate::{FindingKind, RuleSetBuilder};
@@ -514,7 +568,10 @@ mod tests {
         let lower = hex(SECRET, b"0123456789abcdef");
         assert_eq!(found_encodings(&lower), [SecretEncoding::HexLower]);
         let upper = String::from_utf8(lower).unwrap().to_uppercase();
-        assert_eq!(found_encodings(upper.as_bytes()), [SecretEncoding::HexUpper]);
+        assert_eq!(
+            found_encodings(upper.as_bytes()),
+            [SecretEncoding::HexUpper]
+        );
     }
 
     #[test]
@@ -526,13 +583,19 @@ mod tests {
         assert!(lower.contains("%2f"));
         assert_eq!(
             found_encodings(lower.as_bytes()),
-            [SecretEncoding::PercentEncoded { upper_hex: false, style: PercentStyle::Rfc3986 }]
+            [SecretEncoding::PercentEncoded {
+                upper_hex: false,
+                style: PercentStyle::Rfc3986
+            }]
         );
         let upper = String::from_utf8(percent_encode(SECRET, true, PercentStyle::Rfc3986)).unwrap();
         assert!(upper.contains("%2F"));
         assert_eq!(
             found_encodings(upper.as_bytes()),
-            [SecretEncoding::PercentEncoded { upper_hex: true, style: PercentStyle::Rfc3986 }]
+            [SecretEncoding::PercentEncoded {
+                upper_hex: true,
+                style: PercentStyle::Rfc3986
+            }]
         );
         // Encoders that also escape unreserved symbols ("-" as %2D).
         let eager = b"route-token.with_symbols~1";
@@ -586,7 +649,11 @@ mod tests {
             assert_eq!(rs.scan(&data).len(), 1, "lead {lead}");
         }
         assert_eq!(rs.scan(&hex(value, b"0123456789abcdef")).len(), 1);
-        assert_eq!(rs.scan(&percent_encode(value, true, PercentStyle::Rfc3986)).len(), 1);
+        assert_eq!(
+            rs.scan(&percent_encode(value, true, PercentStyle::Rfc3986))
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -33,7 +33,13 @@ pub enum FindingKind {
 pub(crate) fn redacted_preview(prefix: &[u8], len: usize) -> String {
     let mut out: String = prefix
         .iter()
-        .map(|&b| if b.is_ascii_graphic() { char::from(b) } else { '?' })
+        .map(|&b| {
+            if b.is_ascii_graphic() {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
         .collect();
     out.push('…');
     out.push_str(&format!("({len})"));
@@ -69,7 +75,10 @@ impl LineIndex {
 
     /// Line/column of `offset`; offsets past the end land on the last line.
     pub fn line_col(&self, offset: u64) -> LineCol {
-        let line_index = self.starts.partition_point(|&s| s <= offset).saturating_sub(1);
+        let line_index = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
         let start = self.starts.get(line_index).copied().unwrap_or(0);
         LineCol {
             line: line_index + 1,
@@ -98,7 +107,13 @@ mod tests {
         assert_eq!(idx.line_col(3), LineCol { line: 2, column: 1 });
         assert_eq!(idx.line_col(6), LineCol { line: 3, column: 1 });
         assert_eq!(idx.line_col(8), LineCol { line: 4, column: 2 });
-        assert_eq!(idx.line_col(100), LineCol { line: 4, column: 94 });
+        assert_eq!(
+            idx.line_col(100),
+            LineCol {
+                line: 4,
+                column: 94
+            }
+        );
     }
 
     #[test]

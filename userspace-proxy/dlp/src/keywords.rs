@@ -100,7 +100,12 @@ impl KeywordFinder {
     /// (already lowercased) `hay` that starts before `starts_end`, in order of
     /// position (ties in a fixed order), so results never depend on how the
     /// data was split into blocks.
-    pub(crate) fn for_each_hit(&self, hay: &[u8], starts_end: usize, mut on_hit: impl FnMut(usize, &Targets)) {
+    pub(crate) fn for_each_hit(
+        &self,
+        hay: &[u8],
+        starts_end: usize,
+        mut on_hit: impl FnMut(usize, &Targets),
+    ) {
         match self.searchers.as_slice() {
             [only] => only.for_each_hit(hay, starts_end, |pos, pattern| {
                 if let Some(t) = only.targets.get(pattern) {
@@ -110,7 +115,9 @@ impl KeywordFinder {
             many => {
                 let mut hits: Vec<(usize, usize, usize)> = Vec::new();
                 for (class, searcher) in many.iter().enumerate() {
-                    searcher.for_each_hit(hay, starts_end, |pos, pattern| hits.push((pos, class, pattern)));
+                    searcher.for_each_hit(hay, starts_end, |pos, pattern| {
+                        hits.push((pos, class, pattern))
+                    });
                 }
                 hits.sort_unstable();
                 for (pos, class, pattern) in hits {

@@ -24,7 +24,9 @@
 //!
 //! 1. **Keyword pre-filter**: each 64 KiB block is ASCII-lowercased into a
 //!    scratch buffer and searched once for all rule keywords (aho-corasick's
-//!    SIMD "Teddy" searcher for up to 128 keywords, a DFA beyond).
+//!    SIMD "Teddy" searcher for up to 128 keywords, a DFA beyond; keywords
+//!    under 4 bytes get a second small searcher so they do not weaken the
+//!    4-byte fingerprints of the rest).
 //! 2. **Windowed regexes**: a keyword hit at offset `s` runs that keyword's
 //!    rules only on `[s + len - reach, s + reach)`, where `reach` is the
 //!    longest match the rule's regex can produce (capped at 4096 bytes).
@@ -88,7 +90,9 @@ mod scan;
 mod stream;
 mod verdict;
 
-pub use decode::{parse_content_encoding, ContentCoding, DecodeError, DecodeLimits, DecodingScanner};
+pub use decode::{
+    parse_content_encoding, ContentCoding, DecodeError, DecodeLimits, DecodingScanner,
+};
 pub use exact::{PercentStyle, SecretEncoding, SecretError, MAX_SECRET_LEN, MIN_SECRET_LEN};
 pub use finding::{Finding, FindingKind, LineCol, LineIndex, TextFinding};
 pub use rules::gitleaks::GitleaksError;

@@ -158,7 +158,11 @@ impl ScanState {
 
         if let Some(finder) = &rs.keywords {
             let lag = finder.max_len() as u64 + rs.max_reach + CONTEXT;
-            let limit = if chunk.is_final { end } else { end.saturating_sub(lag) };
+            let limit = if chunk.is_final {
+                end
+            } else {
+                end.saturating_sub(lag)
+            };
             while self.keyword_next < limit {
                 let block_start = self.keyword_next;
                 let block_end = limit.min(block_start + BLOCK);
@@ -232,7 +236,15 @@ impl ScanState {
 
     /// Adds the window of one keyword hit to the rule's open group, scanning
     /// the previous group if the new window does not merge with it.
-    fn add_window(&mut self, rs: &RuleSet, chunk: &Chunk<'_>, rule: usize, at: u64, keyword_len: u64, out: &mut Vec<Hit>) {
+    fn add_window(
+        &mut self,
+        rs: &RuleSet,
+        chunk: &Chunk<'_>,
+        rule: usize,
+        at: u64,
+        keyword_len: u64,
+        out: &mut Vec<Hit>,
+    ) {
         let Some(reach) = rs.rules.get(rule).map(|r| r.reach as u64) else {
             return;
         };
@@ -242,7 +254,9 @@ impl ScanState {
             return;
         };
         match slot.take() {
-            Some(mut g) if start <= g.end && end.max(g.end) - start.min(g.start) <= GROUP_SPAN_LIMIT => {
+            Some(mut g)
+                if start <= g.end && end.max(g.end) - start.min(g.start) <= GROUP_SPAN_LIMIT =>
+            {
                 g.start = g.start.min(start);
                 g.end = g.end.max(end);
                 *slot = Some(g);
@@ -275,7 +289,14 @@ impl ScanState {
 
     /// Runs the rule's regex over the group's span (with context) and turns
     /// matches into hits.
-    fn scan_group(&mut self, rs: &RuleSet, chunk: &Chunk<'_>, rule_index: usize, g: Group, out: &mut Vec<Hit>) {
+    fn scan_group(
+        &mut self,
+        rs: &RuleSet,
+        chunk: &Chunk<'_>,
+        rule_index: usize,
+        g: Group,
+        out: &mut Vec<Hit>,
+    ) {
         let Some(rule) = rs.rules.get(rule_index) else {
             return;
         };
@@ -308,7 +329,11 @@ impl ScanState {
             let Some(m) = caps.get_match() else {
                 break;
             };
-            at = if m.end() > m.start() { m.end() } else { m.end() + 1 };
+            at = if m.end() > m.start() {
+                m.end()
+            } else {
+                m.end() + 1
+            };
             if let Some(hit) = evaluate(rs, rule, source_index, hay, hay_start, caps) {
                 out.push(hit);
             }
@@ -318,7 +343,14 @@ impl ScanState {
 
 /// Applies secret-group selection, built-in checks, entropy and allowlists
 /// to one regex match.
-fn evaluate(rs: &RuleSet, rule: &Rule, source: u32, hay: &[u8], hay_start: u64, caps: &Captures) -> Option<Hit> {
+fn evaluate(
+    rs: &RuleSet,
+    rule: &Rule,
+    source: u32,
+    hay: &[u8],
+    hay_start: u64,
+    caps: &Captures,
+) -> Option<Hit> {
     let whole = caps.get_match()?.range();
     let secret_range = match rule.secret_group {
         SecretGroup::Index(0) => whole.clone(),
@@ -377,16 +409,21 @@ fn trim_newlines(hay: &[u8], mut range: std::ops::Range<usize>) -> std::ops::Ran
     range
 }
 
-/// The line containing `range`, limited to the buffered context.
+/// The line containing `range`, extended at most [`CONTEXT`] bytes each way
+/// (so allowlist checks on long lines stay linear, and the result does not
+/// depend on how much happens to be buffered).
 fn line_around(hay: &[u8], range: std::ops::Range<usize>) -> &[u8] {
+    let context = usize::try_from(CONTEXT).unwrap_or(usize::MAX);
+    let floor = range.start.saturating_sub(context);
+    let ceiling = range.end.saturating_add(context).min(hay.len());
     let start = hay
-        .get(..range.start)
+        .get(floor..range.start)
         .and_then(|before| before.iter().rposition(|&b| b == b'\n'))
-        .map_or(0, |p| p + 1);
+        .map_or(floor, |p| floor + p + 1);
     let end = hay
-        .get(range.end..)
+        .get(range.end..ceiling)
         .and_then(|after| after.iter().position(|&b| b == b'\n'))
-        .map_or(hay.len(), |p| range.end + p);
+        .map_or(ceiling, |p| range.end + p);
     hay.get(start..end).unwrap_or_default()
 }
 

@@ -165,9 +165,8 @@ impl OwnedStreamScanner {
         self.core.finish(&self.rules)
     }
 
-    /// Ends the stream without consuming the scanner (for wrappers that
-    /// cannot move out of themselves). Further feeds start a fresh stream
-    /// position-wise but keep the same offsets counter; don't reuse it.
+    /// Ends the stream without consuming the scanner, for wrappers that
+    /// cannot move out of themselves. The scanner must not be fed afterwards.
     pub(crate) fn finish_in_place(&mut self) -> Vec<Finding> {
         self.core.finish(&self.rules)
     }

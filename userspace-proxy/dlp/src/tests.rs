@@ -1,13 +1,19 @@
 //! Cross-module tests: streaming vs whole-buffer equivalence, chunk
 //! boundaries, memory bounds, decompression, and secrecy of outputs.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 
 use std::io::Write;
 use std::sync::Arc;
 
 use crate::{
-    DecodeError, DecodeLimits, DecodingScanner, Finding, FindingKind, LineCol, RuleSet, RuleSetBuilder,
+    DecodeError, DecodeLimits, DecodingScanner, Finding, FindingKind, LineCol, RuleSet,
+    RuleSetBuilder,
 };
 
 /// Small deterministic PRNG (xorshift64*).
@@ -27,7 +33,9 @@ impl Rng {
         (self.next() % n.max(1) as u64) as usize
     }
     fn string(&mut self, charset: &[u8], len: usize) -> Vec<u8> {
-        (0..len).map(|_| charset[self.below(charset.len())]).collect()
+        (0..len)
+            .map(|_| charset[self.below(charset.len())])
+            .collect()
     }
 }
 
@@ -91,7 +99,11 @@ fn b64(data: &[u8]) -> Vec<u8> {
 fn snippet(rng: &mut Rng) -> Vec<u8> {
     match rng.below(16) {
         0 => [b"ghp_".as_slice(), &rng.string(ALNUM, 36)].concat(),
-        1 => [b"AKIA".as_slice(), &rng.string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)].concat(),
+        1 => [
+            b"AKIA".as_slice(),
+            &rng.string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16),
+        ]
+        .concat(),
         2 => EXACT.to_vec(),
         3 => {
             let lead = rng.below(7);
@@ -130,8 +142,18 @@ fn snippet(rng: &mut Rng) -> Vec<u8> {
         }
         13 => match rng.below(3) {
             // Short keywords (own searcher) next to long ones.
-            0 => [b"hf_".as_slice(), &rng.string(b"abcdefghijklmnopqrstuvwxyzABC", 34)].concat(),
-            1 => [b"SG.".as_slice(), &rng.string(TOKEN, 22), b".", &rng.string(TOKEN, 43)].concat(),
+            0 => [
+                b"hf_".as_slice(),
+                &rng.string(b"abcdefghijklmnopqrstuvwxyzABC", 34),
+            ]
+            .concat(),
+            1 => [
+                b"SG.".as_slice(),
+                &rng.string(TOKEN, 22),
+                b".",
+                &rng.string(TOKEN, 43),
+            ]
+            .concat(),
             _ => b"xoxb-".repeat(rng.below(20) + 1),
         },
         14 => [b"sk-ant-api03-".as_slice(), &rng.string(TOKEN, 95)].concat(),
@@ -149,7 +171,9 @@ fn random_corpus(rng: &mut Rng, target: usize) -> Vec<u8> {
 
 fn sorted(mut f: Vec<Finding>) -> Vec<(u64, usize, String)> {
     f.sort_by(|a, b| (a.offset, a.len, &a.rule_id).cmp(&(b.offset, b.len, &b.rule_id)));
-    f.into_iter().map(|f| (f.offset, f.len, f.rule_id)).collect()
+    f.into_iter()
+        .map(|f| (f.offset, f.len, f.rule_id))
+        .collect()
 }
 
 fn stream_scan(rules: &RuleSet, data: &[u8], cuts: &[usize]) -> Vec<Finding> {
@@ -168,7 +192,12 @@ fn stream_scan(rules: &RuleSet, data: &[u8], cuts: &[usize]) -> Vec<Finding> {
 #[test]
 fn random_chunkings_give_the_same_findings_as_whole_buffer() {
     let rules = full_rules();
-    for seed in 0..12u64 {
+    // DLP_FUZZ_SEEDS=500 cargo test --release … for a longer run.
+    let seeds: u64 = std::env::var("DLP_FUZZ_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    for seed in 0..seeds {
         let mut rng = Rng::new(seed);
         let size = 60_000 + rng.below(200_000);
         let data = random_corpus(&mut rng, size);
@@ -198,7 +227,11 @@ fn random_chunkings_give_the_same_findings_as_whole_buffer() {
 #[test]
 fn random_bytes_never_panic_and_stream_matches_whole() {
     let rules = full_rules();
-    for seed in 100..140u64 {
+    let seeds: u64 = std::env::var("DLP_FUZZ_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    for seed in 100..100 + seeds {
         let mut rng = Rng::new(seed);
         let len = rng.below(20_000);
         let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
@@ -217,7 +250,10 @@ fn secrets_split_at_every_offset_are_found_exactly_once() {
     let rules = full_rules();
     let mut rng = Rng::new(7);
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("github-pat", [b"ghp_".as_slice(), &rng.string(ALNUM, 36)].concat()),
+        (
+            "github-pat",
+            [b"ghp_".as_slice(), &rng.string(ALNUM, 36)].concat(),
+        ),
         ("aws-access-key-id", b"AKIAIOSFODNN7EXAMPLE".to_vec()),
         ("exact", EXACT.to_vec()),
         ("exact", b64(&[b"xy".as_slice(), EXACT, b"!"].concat())),
@@ -283,7 +319,10 @@ fn stream_memory_stays_bounded() {
 #[test]
 fn findings_and_debug_output_never_contain_secrets() {
     let exact = b"Sup3rS3cretRouteValue!";
-    let token = format!("ghp_{}", String::from_utf8(Rng::new(9).string(ALNUM, 36)).unwrap());
+    let token = format!(
+        "ghp_{}",
+        String::from_utf8(Rng::new(9).string(ALNUM, 36)).unwrap()
+    );
     let mut builder = RuleSetBuilder::new().with_builtin_rules();
     builder.add_secret("route", exact).unwrap();
     let builder_debug = format!("{builder:?}");
@@ -305,11 +344,17 @@ fn findings_and_debug_output_never_contain_secrets() {
     let mut decoding = DecodingScanner::new(&rules, "identity", DecodeLimits::default()).unwrap();
     decoding.feed(body.as_bytes()).unwrap();
     let decoding_debug = format!("{decoding:?}");
-    let short_err = RuleSetBuilder::new().add_secret("pin", b"1234567").unwrap_err();
+    let short_err = RuleSetBuilder::new()
+        .add_secret("pin", b"1234567")
+        .unwrap_err();
 
     let outputs = [
         format!("{findings:?}"),
-        findings.iter().map(|f| f.redacted.clone()).collect::<Vec<_>>().join(" "),
+        findings
+            .iter()
+            .map(|f| f.redacted.clone())
+            .collect::<Vec<_>>()
+            .join(" "),
         format!("{streamed:?}"),
         format!("{rules:?}"),
         builder_debug,
@@ -322,8 +367,14 @@ fn findings_and_debug_output_never_contain_secrets() {
     let exact_b64 = String::from_utf8_lossy(&b64(exact)).to_string();
     for out in &outputs {
         assert!(!out.contains(&exact_text), "exact secret leaked: {out}");
-        assert!(!out.contains(&exact_text[..8]), "exact secret prefix leaked: {out}");
-        assert!(!out.contains(&exact_b64[..12]), "encoded secret leaked: {out}");
+        assert!(
+            !out.contains(&exact_text[..8]),
+            "exact secret prefix leaked: {out}"
+        );
+        assert!(
+            !out.contains(&exact_b64[..12]),
+            "encoded secret leaked: {out}"
+        );
         assert!(!out.contains(&token[..9]), "token leaked: {out}");
         assert!(!out.contains("1234567"), "refused secret leaked: {out}");
     }
@@ -405,7 +456,13 @@ fn zstd(data: &[u8]) -> Vec<u8> {
     zstd::stream::encode_all(data, 3).unwrap()
 }
 
-fn decode_scan(rules: &Arc<RuleSet>, encoding: &str, body: &[u8], chunk: usize, limits: DecodeLimits) -> Result<Vec<Finding>, DecodeError> {
+fn decode_scan(
+    rules: &Arc<RuleSet>,
+    encoding: &str,
+    body: &[u8],
+    chunk: usize,
+    limits: DecodeLimits,
+) -> Result<Vec<Finding>, DecodeError> {
     let mut s = DecodingScanner::new(rules, encoding, limits)?;
     let mut found = Vec::new();
     for c in body.chunks(chunk.max(1)) {
@@ -466,9 +523,16 @@ fn decompression_bombs_hit_the_limit() {
         ("zstd", zstd(&zeros)),
         ("gzip, zstd", zstd(&gzip(&zeros))),
     ] {
-        assert!(encoded.len() < 64 * 1024, "{encoding} bomb is {} bytes", encoded.len());
+        assert!(
+            encoded.len() < 64 * 1024,
+            "{encoding} bomb is {} bytes",
+            encoded.len()
+        );
         let err = decode_scan(&rules, encoding, &encoded, 4096, limits).unwrap_err();
-        assert!(matches!(err, DecodeError::TooLarge { limit } if limit == 1 << 20), "{encoding}: {err}");
+        assert!(
+            matches!(err, DecodeError::TooLarge { limit } if limit == 1 << 20),
+            "{encoding}: {err}"
+        );
     }
     // Identity bodies are not decompression and have no limit.
     let found = decode_scan(&rules, "identity", &zeros, 1 << 16, limits).unwrap();
@@ -496,7 +560,10 @@ fn corrupt_or_truncated_streams_block() {
         }
         cases.push((encoding, flipped));
         // Not compressed at all.
-        cases.push((encoding, b"this is plain text, not compressed at all".repeat(10)));
+        cases.push((
+            encoding,
+            b"this is plain text, not compressed at all".repeat(10),
+        ));
     }
     // Trailing garbage after a complete gzip member.
     let mut trailing = gzip(&body);
@@ -515,9 +582,15 @@ fn corrupt_or_truncated_streams_block() {
 fn unsupported_or_excessive_encodings_are_refused() {
     let rules = decoding_rules();
     let err = DecodingScanner::new(&rules, "compress", DecodeLimits::default()).unwrap_err();
-    assert!(matches!(err, DecodeError::UnsupportedEncoding { .. }), "{err}");
+    assert!(
+        matches!(err, DecodeError::UnsupportedEncoding { .. }),
+        "{err}"
+    );
     let err = DecodingScanner::new(&rules, "gzip, br, zstd", DecodeLimits::default()).unwrap_err();
-    assert!(matches!(err, DecodeError::TooManyLayers { count: 3, max: 2 }), "{err}");
+    assert!(
+        matches!(err, DecodeError::TooManyLayers { count: 3, max: 2 }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -525,7 +598,7 @@ fn failed_decoder_stays_failed() {
     let rules = decoding_rules();
     let mut s = DecodingScanner::new(&rules, "gzip", DecodeLimits::default()).unwrap();
     assert!(s.feed(b"definitely not gzip").is_err());
-    assert!(matches!(s.feed(b"more"), Err(DecodeError::Finished)));
+    assert!(matches!(s.feed(b"more"), Err(DecodeError::AlreadyFailed)));
 }
 
 #[test]
@@ -559,5 +632,8 @@ fn zstd_windows_over_8_mib_are_refused() {
     encoder.write_all(&body_with_secret()).unwrap();
     let encoded = encoder.finish().unwrap();
     let err = decode_scan(&rules, "zstd", &encoded, 4096, DecodeLimits::default()).unwrap_err();
-    assert!(matches!(err, DecodeError::Corrupt { coding: "zstd", .. }), "{err}");
+    assert!(
+        matches!(err, DecodeError::Corrupt { coding: "zstd", .. }),
+        "{err}"
+    );
 }

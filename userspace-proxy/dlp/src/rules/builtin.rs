@@ -172,7 +172,9 @@ const SPECS: &[Spec] = &[
         "slack-token",
         "Slack bot/user/app/refresh/config token (xoxb-, xoxp-, xoxa-, xoxr-, xoxs-, xoxe-)",
         r"xox(?:e\.xox[bp]|[abeoprs])-[0-9]{1,40}-[0-9A-Za-z\-]{8,250}",
-        &["xoxa-", "xoxb-", "xoxe-", "xoxe.", "xoxo-", "xoxp-", "xoxr-", "xoxs-"],
+        &[
+            "xoxa-", "xoxb-", "xoxe-", "xoxe.", "xoxo-", "xoxp-", "xoxr-", "xoxs-",
+        ],
     ),
     spec(
         "slack-app-token",
@@ -417,7 +419,11 @@ fn compile_spec(spec: &Spec) -> Result<Rule, RuleError> {
         description: spec.description.to_string(),
         origin: BUILTIN_ORIGIN.to_string(),
         regex: compiled.regex,
-        keywords: spec.keywords.iter().map(|k| k.to_ascii_lowercase()).collect(),
+        keywords: spec
+            .keywords
+            .iter()
+            .map(|k| k.to_ascii_lowercase())
+            .collect(),
         secret_group: SecretGroup::Index(spec.secret_group),
         min_entropy: spec.min_entropy,
         allowlists: Vec::new(),
@@ -430,7 +436,12 @@ fn compile_spec(spec: &Spec) -> Result<Rule, RuleError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 mod tests {
     use crate::{Finding, RuleSet, RuleSetBuilder};
 
@@ -757,7 +768,10 @@ mod tests {
         }
         for (id, hit, miss) in &vectors {
             let found = rules.scan(hit.as_bytes());
-            assert!(ids(&found).contains(id), "{id}: expected a hit, got {found:?}");
+            assert!(
+                ids(&found).contains(id),
+                "{id}: expected a hit, got {found:?}"
+            );
             let missed = rules.scan(miss.as_bytes());
             assert!(
                 !ids(&missed).contains(id),
@@ -773,7 +787,8 @@ mod tests {
         assert_eq!(ids(&found), ["aws-access-key-id"]);
         assert_eq!(found[0].offset, 20);
         assert_eq!(found[0].len, 20);
-        let found = rules.scan(b"aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n");
+        let found =
+            rules.scan(b"aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n");
         assert_eq!(ids(&found), ["aws-secret-access-key"]);
         assert_eq!(found[0].offset, 24);
     }

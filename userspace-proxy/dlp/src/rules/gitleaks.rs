@@ -12,6 +12,13 @@
 //! * Allowlist keys: `regexes`, `stopwords`, `regexTarget`
 //!   (`secret` default, `match`, `line`), `condition` (`OR` default, `AND`).
 //!
+//! One semantic difference: gitleaks runs a rule's regex over the whole file
+//! when any of its keywords appears anywhere in it; we only look within the
+//! regex's maximum match length (capped at 4096 bytes) around each keyword
+//! occurrence. For rules whose keywords are part of what they match (the
+//! gitleaks convention) the results are the same. Rules without keywords run
+//! over all data (correct, but a full regex pass each).
+//!
 //! Ignored on purpose: `title`, `[extend]` (gitleaks' own default rules are
 //! not bundled; use our built-ins), rule `path`/`tags`, `[[rules.required]]`
 //! (the primary rule reports on its own, which errs towards reporting),
@@ -53,9 +60,7 @@ pub enum GitleaksError {
         group: i64,
         available: usize,
     },
-    #[error(
-        "{scope} ({origin}): allowlist condition `{value}` is not one of AND, &&, OR, ||"
-    )]
+    #[error("{scope} ({origin}): allowlist condition `{value}` is not one of AND, &&, OR, ||")]
     InvalidCondition {
         origin: String,
         scope: String,
@@ -154,7 +159,11 @@ impl Reader<'_> {
     }
 
     /// A table or an array of tables.
-    fn tables<'v>(&self, value: &'v Value, location: &str) -> Result<Vec<&'v Table>, GitleaksError> {
+    fn tables<'v>(
+        &self,
+        value: &'v Value,
+        location: &str,
+    ) -> Result<Vec<&'v Table>, GitleaksError> {
         match value {
             Value::Table(t) => Ok(vec![t]),
             Value::Array(items) => items
@@ -168,7 +177,12 @@ impl Reader<'_> {
         }
     }
 
-    fn string(&self, table: &Table, key: &str, location: &str) -> Result<Option<String>, GitleaksError> {
+    fn string(
+        &self,
+        table: &Table,
+        key: &str,
+        location: &str,
+    ) -> Result<Option<String>, GitleaksError> {
         match field(table, key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -176,7 +190,12 @@ impl Reader<'_> {
         }
     }
 
-    fn strings(&self, table: &Table, key: &str, location: &str) -> Result<Vec<String>, GitleaksError> {
+    fn strings(
+        &self,
+        table: &Table,
+        key: &str,
+        location: &str,
+    ) -> Result<Vec<String>, GitleaksError> {
         match field(table, key) {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => items
@@ -267,7 +286,9 @@ impl Reader<'_> {
         }
 
         Ok(Some(Rule {
-            description: self.string(table, "description", &location)?.unwrap_or_default(),
+            description: self
+                .string(table, "description", &location)?
+                .unwrap_or_default(),
             id,
             origin: self.origin.to_string(),
             regex: compiled.regex,
@@ -282,7 +303,9 @@ impl Reader<'_> {
 
     fn allowlist(&self, table: &Table, scope: &str) -> Result<Allowlist, GitleaksError> {
         let location = scope.to_string();
-        let condition = self.string(table, "condition", &location)?.unwrap_or_default();
+        let condition = self
+            .string(table, "condition", &location)?
+            .unwrap_or_default();
         let require_all = match condition.trim().to_ascii_uppercase().as_str() {
             "" | "OR" | "||" => false,
             "AND" | "&&" => true,
@@ -294,7 +317,9 @@ impl Reader<'_> {
                 })
             }
         };
-        let target_text = self.string(table, "regexTarget", &location)?.unwrap_or_default();
+        let target_text = self
+            .string(table, "regexTarget", &location)?
+            .unwrap_or_default();
         let target = match target_text.as_str() {
             "" | "secret" => RegexTarget::Secret,
             "match" => RegexTarget::Match,
@@ -357,7 +382,10 @@ mod tests {
     }
 
     fn rule_hits(rs: &crate::RuleSet, text: &str) -> Vec<String> {
-        rs.scan(text.as_bytes()).into_iter().map(|f| f.rule_id).collect()
+        rs.scan(text.as_bytes())
+            .into_iter()
+            .map(|f| f.rule_id)
+            .collect()
     }
 
     const SAMPLE: &str = r#"
@@ -432,7 +460,10 @@ regexes = ['''^SAMPLE''']
         assert!(rule_hits(&rs, "acme_token=SAMPLE1x2y3z4w5v6u7t8s9r0").is_empty());
 
         // new-style allowlists: line target, and AND condition.
-        assert_eq!(rule_hits(&rs, "k = widget_ABCDEF0123456789"), ["widget-key"]);
+        assert_eq!(
+            rule_hits(&rs, "k = widget_ABCDEF0123456789"),
+            ["widget-key"]
+        );
         assert!(rule_hits(&rs, "k = widget_ABCDEF0123456789 # test-fixture").is_empty());
         // AND: needs both the stopword and the regex to match the secret.
         assert_eq!(rule_hits(&rs, "widget_DUMMY0123456789AB"), ["widget-key"]);
