@@ -244,12 +244,22 @@ impl Drop for Agent {
 /// Removes everything a test agent with this slot could have left behind.
 pub fn cleanup_slot(slot: &Slot) {
     for ns in netns_with_prefix(&slot.netns_prefix) {
-        let _ = Command::new("ip").args(["netns", "delete", &ns]).status();
+        quiet(&["ip", "netns", "delete", &ns]);
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&ns));
     }
     for link in links_with_prefix(&slot.veth_prefix) {
-        let _ = Command::new("ip").args(["link", "delete", &link]).status();
+        quiet(&["ip", "link", "delete", &link]);
     }
     let _ = std::fs::remove_dir_all(&slot.pin_root);
+}
+
+/// Runs a clean-up command whose failure (already gone) does not matter.
+fn quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
@@ -279,7 +289,7 @@ pub struct HostLink(pub String);
 impl HostLink {
     pub fn new(name: &str, addr: &str) -> Self {
         let peer = format!("{name}p");
-        let _ = Command::new("ip").args(["link", "del", name]).status();
+        quiet(&["ip", "link", "del", name]);
         let run = |args: &[&str]| {
             let out = Command::new("ip").args(args).output().unwrap();
             assert!(out.status.success(), "ip {args:?}: {out:?}");
@@ -295,7 +305,7 @@ impl HostLink {
 
 impl Drop for HostLink {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        quiet(&["ip", "link", "del", &self.0]);
     }
 }
 
@@ -373,4 +383,182 @@ pub fn greeting(addr: SocketAddr) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     Some(buf)
+}
+
+/// A namespace this test made to stand in for the internet: a veth to the host
+/// (`10.251.<slot>.1` host side, `.2` inside), a test CA, and the real test upstream serving
+/// HTTPS on `.2:443` (certificates for `hosts`) and plain HTTP on `.2:80`.
+pub struct Internet {
+    pub netns: String,
+    pub host_if: String,
+    pub addr: Ipv4Addr,
+    pub ca_dir: tempfile::TempDir,
+    servers: Vec<Child>,
+}
+
+impl Internet {
+    pub fn start(slot: u8, hosts: &[&str]) -> Self {
+        let netns = format!("inet{slot}");
+        let host_if = format!("inet{slot}h");
+        quiet(&["ip", "netns", "del", &netns]);
+        quiet(&["ip", "link", "del", &host_if]);
+        let run = |args: &[&str]| {
+            let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+        };
+        let host_cidr = format!("10.251.{slot}.1/30");
+        let inner_cidr = format!("10.251.{slot}.2/30");
+        run(&["ip", "netns", "add", &netns]);
+        run(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ]);
+        run(&["ip", "addr", "add", &host_cidr, "dev", &host_if]);
+        run(&["ip", "link", "set", &host_if, "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &inner_cidr,
+            "dev",
+            "eth0",
+        ]);
+        run(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
+        run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        let ca_dir = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = vec![ca_dir.path().display().to_string()];
+        args.extend(hosts.iter().map(|h| h.to_string()));
+        let out = Command::new(binary("bottle-test-ca"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bottle-test-ca: {out:?}");
+        let addr = Ipv4Addr::new(10, 251, slot, 2);
+        let mut internet = Self {
+            netns,
+            host_if,
+            addr,
+            ca_dir,
+            servers: Vec::new(),
+        };
+        let mut tls_args = vec!["--listen".to_string(), format!("{addr}:443")];
+        for h in hosts {
+            tls_args.push("--tls".into());
+            tls_args.push(
+                internet
+                    .ca_dir
+                    .path()
+                    .join(format!("{h}.pem"))
+                    .display()
+                    .to_string(),
+            );
+            tls_args.push(
+                internet
+                    .ca_dir
+                    .path()
+                    .join(format!("{h}.key"))
+                    .display()
+                    .to_string(),
+            );
+        }
+        internet.spawn_server(&tls_args);
+        internet.spawn_server(&["--listen".into(), format!("{addr}:80"), "--plain".into()]);
+        internet
+    }
+
+    fn spawn_server(&mut self, args: &[String]) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(binary("bottle-test-upstream"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut line = [0u8; 5];
+        stdout
+            .read_exact(&mut line)
+            .expect("upstream did not start");
+        assert_eq!(&line, b"ready");
+        self.servers.push(child);
+    }
+
+    /// The test CA's certificate (what real upstreams are signed by).
+    pub fn ca_pem(&self) -> PathBuf {
+        self.ca_dir.path().join("ca.pem")
+    }
+
+    /// A route for `host` that dials this internet's upstream.
+    pub fn route(&self, host: &str) -> String {
+        format!(
+            "    - host: {host}\n      connect_to: \"{}:443\"\n      pipelock: {{ssrf_ip_allowlist: [\"{}/32\"]}}\n",
+            self.addr, self.addr
+        )
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        for child in &mut self.servers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        quiet(&["ip", "link", "del", &self.host_if]);
+        quiet(&["ip", "netns", "del", &self.netns]);
+    }
+}
+
+/// Runs the client with extra environment (token values for `--egress`).
+impl Agent {
+    pub fn bottle_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(binary("bottle"));
+        cmd.args(args).env(bottle_api::HOST_ENV, self.socket());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// The agent config line that makes the proxy trust `internet`'s CA.
+    pub fn trust_line(internet: &Internet) -> String {
+        format!("upstream_ca_files = [\"{}\"]", internet.ca_pem().display())
+    }
+
+    /// Writes the bottle's CA to a file and returns its path.
+    pub fn bottle_ca(&self, name: &str) -> PathBuf {
+        let pem = self.ok(&["ca", name]);
+        let path = self.dir.path().join(format!("{name}-ca.pem"));
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    /// The bottle's audit log.
+    pub fn audit(&self, name: &str) -> String {
+        self.ok(&["logs", "--net", name])
+    }
+}
+
+/// Runs a host binary of ours inside the namespace (`bottle-probe`, say).
+pub fn netns_run_ours(netns: &str, bin: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(binary(bin))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `curl` inside the namespace; returns (exit code, stdout).
+pub fn curl(netns: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "curl", "-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }

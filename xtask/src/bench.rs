@@ -93,7 +93,10 @@ fn datapath() -> Result<()> {
     // the same way without programs, runs interleaved so machine noise hits both alike.
     let b = agent.create("tput")?;
     let netns = b["netns"].as_str().context("netns")?.to_string();
-    let gw = b["gateway_address"].as_str().context("gateway")?.to_string();
+    let gw = b["gateway_address"]
+        .as_str()
+        .context("gateway")?
+        .to_string();
     let plain = PlainPair::new("bnchplain", "10.213.144.1", "10.213.144.2")?;
     let mut with = Vec::new();
     let mut without = Vec::new();
@@ -170,10 +173,28 @@ impl PlainPair {
             host_if: host_if.clone(),
         };
         run(&["ip", "netns", "add", name])?;
-        run(&["ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", name])?;
-        run(&["ip", "addr", "add", &format!("{gateway}/30"), "dev", &host_if])?;
+        run(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", name,
+        ])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{gateway}/30"),
+            "dev",
+            &host_if,
+        ])?;
         run(&["ip", "link", "set", &host_if, "up"])?;
-        run(&["ip", "-n", name, "addr", "add", &format!("{inside}/30"), "dev", "eth0"])?;
+        run(&[
+            "ip",
+            "-n",
+            name,
+            "addr",
+            "add",
+            &format!("{inside}/30"),
+            "dev",
+            "eth0",
+        ])?;
         run(&["ip", "-n", name, "link", "set", "eth0", "up"])?;
         run(&["ip", "-n", name, "link", "set", "lo", "up"])?;
         Ok(pair)
@@ -182,7 +203,11 @@ impl PlainPair {
 
 impl Drop for PlainPair {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
     }
 }

@@ -70,19 +70,35 @@ fn test(filter: Option<String>) -> Result<()> {
     sh::deps()?;
     // Binaries first: the end-to-end tests drive them.
     sh::build_bins(false)?;
-    let mut unit = vec!["test", "--workspace", "--exclude", "bottle-tests"];
+    let mut tally = sh::Tally::default();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut unit = std::process::Command::new(&cargo);
+    unit.args(["test", "--workspace", "--exclude", "bottle-tests"]);
     if let Some(f) = &filter {
-        unit.push(f);
+        unit.arg(f);
     }
-    sh::cargo(&unit)?;
+    let unit_result = sh::run_tests(&mut unit, &mut tally);
     // The end-to-end tests share kernel state, so they run one at a time, as root.
-    let executables = sh::test_executables("bottle-tests")?;
-    for exe in executables {
-        let mut args = vec![exe.as_str(), "--test-threads=1"];
-        if let Some(f) = &filter {
-            args.push(f);
+    let mut e2e_result = Ok(());
+    if unit_result.is_ok() {
+        let bin_dir = sh::bin_dir(false)?;
+        for exe in sh::test_executables("bottle-tests")? {
+            let mut args = vec![exe.as_str(), "--test-threads=1"];
+            if let Some(f) = &filter {
+                args.push(f);
+            }
+            let mut cmd = sh::root_command(&args, &[("BOTTLE_BIN_DIR", &bin_dir)]);
+            e2e_result = sh::run_tests(&mut cmd, &mut tally);
+            if e2e_result.is_err() {
+                break;
+            }
         }
-        sh::run_as_root(&args, &[("BOTTLE_BIN_DIR", &sh::bin_dir(false)?)])?;
     }
-    Ok(())
+    // The plain closing line CI reads: totals over every test binary.
+    println!(
+        "\nxtask: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    unit_result?;
+    e2e_result
 }

@@ -67,6 +67,56 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     status(Command::new(cargo).args(args))
 }
 
+/// Test totals gathered from libtest's `test result:` lines.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+impl Tally {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs a test command, echoing its output and counting its results.
+pub fn run_tests(cmd: &mut Command, tally: &mut Tally) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+            println!("{line}");
+            tally.add_line(&line);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
 pub fn build_bins(release: bool) -> Result<()> {
     let mut args = vec!["build", "--workspace", "--bins"];
     if release {
@@ -104,7 +154,8 @@ pub fn test_executables(package: &str) -> Result<Vec<String>> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if msg["profile"]["test"] == true {
+        // Only integration-test targets: the crate's lib and bins hold no tests.
+        if msg["profile"]["test"] == true && msg["target"]["kind"][0] == "test" {
             if let Some(exe) = msg["executable"].as_str() {
                 exes.push(exe.to_string());
             }
@@ -114,6 +165,28 @@ pub fn test_executables(package: &str) -> Result<Vec<String>> {
         bail!("no test executables found for {package}");
     }
     Ok(exes)
+}
+
+/// The command line that runs `args` as root (directly when root, else through sudo, with
+/// `env` and CI's BOTTLE_PRIVILEGED_TESTS passed along).
+pub fn root_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut full: Vec<String> = Vec::new();
+    if !is_root() {
+        full.extend(["sudo".into(), "env".into()]);
+        for (k, v) in env {
+            full.push(format!("{k}={v}"));
+        }
+        if let Ok(v) = std::env::var("BOTTLE_PRIVILEGED_TESTS") {
+            full.push(format!("BOTTLE_PRIVILEGED_TESTS={v}"));
+        }
+    }
+    full.extend(args.iter().map(|s| s.to_string()));
+    let mut cmd = Command::new(&full[0]);
+    cmd.args(&full[1..]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
 }
 
 /// Runs a command as root: directly when root, else through sudo. CI's BOTTLE_PRIVILEGED_TESTS

@@ -108,6 +108,15 @@ impl Client {
         Self::decode(status, &bytes)
     }
 
+    /// A GET whose answer is text (PEM).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let (status, bytes) = self.call(Method::GET, path, None).await?;
+        if !status.is_success() {
+            return Self::decode::<serde_json::Value>(status, &bytes).map(|_| String::new());
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     pub async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,

@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ::http::Method;
-use bottle_api::{BottleInfo, BottleStats, CreateBottle, KillSwitch};
+use bottle_api::policy::EgressPolicy;
+use bottle_api::{
+    BottleInfo, BottleStats, CreateBottle, DlpMode, DlpSettings, KillSwitch, SetPolicy,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::http::{Client, ClientError};
@@ -30,9 +33,28 @@ enum Command {
         /// Name (`^[a-z][a-z0-9-]{0,30}$`); the agent picks one when absent.
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        egress: EgressArgs,
         #[arg(long)]
         json: bool,
     },
+    /// Egress policy of a bottle.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Workload output, or with --net the bottle's network audit log.
+    Logs {
+        name: String,
+        /// Show the network audit log (DNS, TLS, HTTP, DLP decisions).
+        #[arg(long)]
+        net: bool,
+        /// Keep following new entries.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print the bottle's CA certificate (PEM).
+    Ca { name: String },
     /// List your bottles (root sees every bottle).
     Ls {
         #[arg(long)]
@@ -68,6 +90,41 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PolicyAction {
+    /// Replace the egress policy; applies to new requests at once, open ones are not cut.
+    Set {
+        name: String,
+        /// YAML: a bot-bottle `egress:` block (or just its `routes:`).
+        file: PathBuf,
+        #[command(flatten)]
+        dlp: DlpArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct EgressArgs {
+    /// Egress policy, YAML: a bot-bottle `egress:` block (or just its `routes:`). Each
+    /// `auth.token_ref` is read from this command's environment.
+    #[arg(long)]
+    egress: Option<PathBuf>,
+    #[command(flatten)]
+    dlp: DlpArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct DlpArgs {
+    /// Extra DLP rules, gitleaks TOML format.
+    #[arg(long, value_name = "FILE")]
+    dlp_rules: Option<PathBuf>,
+    /// Log DLP hits instead of blocking the request.
+    #[arg(long)]
+    dlp_warn: bool,
+    /// Environment variable whose value must never leave the bottle (repeatable).
+    #[arg(long = "secret-env", value_name = "VAR")]
+    secret_env: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum KillAction {
     On,
@@ -81,6 +138,64 @@ enum CliError {
     Client(#[from] ClientError),
     #[error("cannot write output: {0}")]
     Output(#[from] serde_json::Error),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Manifest(#[from] bottle_manifest::ManifestError),
+    #[error("{0}")]
+    Env(String),
+}
+
+fn read_file(path: &PathBuf) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|source| CliError::Read {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Reads an egress file and the values of the variables its routes name.
+fn load_egress(path: &PathBuf) -> Result<(EgressPolicy, BTreeMap<String, String>), CliError> {
+    let policy = bottle_manifest::manifest::egress_file(path, &read_file(path)?)?;
+    let mut secrets = BTreeMap::new();
+    for route in &policy.routes {
+        if let Some(auth) = &route.auth {
+            let value = std::env::var(&auth.token_ref).map_err(|_| {
+                CliError::Env(format!(
+                    "{}: route {} takes its token from ${}, which is not set in this environment",
+                    path.display(),
+                    route.host,
+                    auth.token_ref
+                ))
+            })?;
+            secrets.insert(auth.token_ref.clone(), value);
+        }
+    }
+    Ok((policy, secrets))
+}
+
+fn load_dlp(args: &DlpArgs) -> Result<Option<DlpSettings>, CliError> {
+    if args.dlp_rules.is_none() && !args.dlp_warn && args.secret_env.is_empty() {
+        return Ok(None);
+    }
+    let mut secret_values = BTreeMap::new();
+    for var in &args.secret_env {
+        let value = std::env::var(var)
+            .map_err(|_| CliError::Env(format!("--secret-env {var}: ${var} is not set")))?;
+        secret_values.insert(var.clone(), value);
+    }
+    Ok(Some(DlpSettings {
+        mode: if args.dlp_warn {
+            DlpMode::Warn
+        } else {
+            DlpMode::Block
+        },
+        rules_toml: args.dlp_rules.as_ref().map(read_file).transpose()?,
+        secret_values,
+    }))
 }
 
 fn socket_path() -> PathBuf {
@@ -97,11 +212,19 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let client = Client::new(&socket_path());
     match cli.command {
-        Command::Create { name, json } => {
+        Command::Create { name, egress, json } => {
+            let (policy, secrets) = match &egress.egress {
+                Some(path) => {
+                    let (p, s) = load_egress(path)?;
+                    (Some(p), s)
+                }
+                None => (None, BTreeMap::new()),
+            };
             let req = CreateBottle {
                 name,
-                egress: None,
-                secrets: BTreeMap::new(),
+                egress: policy,
+                secrets,
+                dlp: load_dlp(&egress.dlp)?,
             };
             let info: BottleInfo = client.send(Method::POST, "/v1/bottles", &req).await?;
             if json {
@@ -142,6 +265,50 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .await?;
         }
         Command::Stats { name, watch, json } => stats(&client, name, watch, json).await?,
+        Command::Policy {
+            action: PolicyAction::Set { name, file, dlp },
+        } => {
+            let (egress, secrets) = load_egress(&file)?;
+            let req = SetPolicy {
+                egress,
+                secrets,
+                dlp: load_dlp(&dlp)?,
+            };
+            let _: BottleInfo = client
+                .send(Method::PUT, &format!("/v1/bottles/{name}/policy"), &req)
+                .await?;
+        }
+        Command::Ca { name } => {
+            print!(
+                "{}",
+                client.get_text(&format!("/v1/bottles/{name}/ca")).await?
+            );
+        }
+        Command::Logs { name, net, follow } => {
+            if !net {
+                return Err(CliError::Env(
+                    "workload logs come with the container launcher; use `bottle logs --net NAME` for the network audit log".into(),
+                ));
+            }
+            let mut offset = 0u64;
+            loop {
+                let page: serde_json::Value = client
+                    .get(&format!("/v1/bottles/{name}/audit?offset={offset}"))
+                    .await?;
+                if let Some(lines) = page["lines"].as_str() {
+                    print!("{lines}");
+                }
+                let next = page["next_offset"].as_u64().unwrap_or(offset);
+                let size = page["size"].as_u64().unwrap_or(0);
+                if next >= size && !follow {
+                    break;
+                }
+                if next == offset || next >= size {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                offset = next;
+            }
+        }
         Command::KillSwitch { action, json } => {
             let state: KillSwitch = match action {
                 KillAction::Status => client.get("/v1/kill-switch").await?,

@@ -115,6 +115,24 @@ pub fn stats(s: &BottleStats, previous: Option<&BottleStats>) -> String {
         out.push_str(&format!(" ({})", reasons.join(", ")));
     }
     out.push('\n');
+    let l7 = &s.l7;
+    out.push_str(&format!(
+        "  dns:         {} queries, {} answered, {} refused\n",
+        l7.dns.queries, l7.dns.answered, l7.dns.refused
+    ));
+    for h in &l7.http {
+        out.push_str(&format!(
+            "  http:        {:<32} {:<12} {} requests, up {}, down {}\n",
+            h.host,
+            h.decision,
+            h.requests,
+            bytes(h.bytes_up as f64),
+            bytes(h.bytes_down as f64)
+        ));
+    }
+    for (rule, hits) in &l7.dlp_hits {
+        out.push_str(&format!("  dlp:         {rule}: {hits} hits\n"));
+    }
     out
 }
 

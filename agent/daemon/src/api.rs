@@ -241,6 +241,43 @@ async fn route(
             StatusCode::OK,
             &manager.lock().await.stats(caller, name)?,
         )),
+        (&Method::PUT, ["bottles", name, "policy"]) => {
+            let body: bottle_api::SetPolicy = read_json(req).await?;
+            let info = manager.lock().await.set_policy(caller, name, body)?;
+            Ok(json(StatusCode::OK, &info))
+        }
+        (&Method::GET, ["bottles", name, "ca"]) => {
+            let pem = manager.lock().await.ca_pem(caller, name)?;
+            let mut resp = Response::new(Full::new(Bytes::from(pem)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/x-pem-file"),
+            );
+            Ok(resp)
+        }
+        (&Method::GET, ["bottles", name, "audit"]) => {
+            let offset = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("offset=")))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let (bytes, start, size) =
+                manager
+                    .lock()
+                    .await
+                    .audit(caller, name, offset, 1024 * 1024)?;
+            let next = start + bytes.len() as u64;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "offset": start,
+                    "next_offset": next,
+                    "size": size,
+                    "lines": String::from_utf8_lossy(&bytes),
+                }),
+            ))
+        }
         (&Method::GET, ["stats"]) => Ok(json(
             StatusCode::OK,
             &manager.lock().await.all_stats(caller),

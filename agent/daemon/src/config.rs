@@ -116,6 +116,12 @@ pub struct AgentConfig {
     pub veth_prefix: String,
     /// Default tracing filter when `RUST_LOG` is not set.
     pub log: String,
+    /// PEM files of CAs the egress proxy trusts for upstreams, besides the system roots.
+    pub upstream_ca_files: Vec<PathBuf>,
+    /// Size at which a bottle's audit log rotates (two old generations are kept).
+    pub audit_max_bytes: u64,
+    /// Connections one bottle may hold open to its services at once.
+    pub max_connections_per_bottle: usize,
 }
 
 impl Default for AgentConfig {
@@ -135,6 +141,9 @@ impl Default for AgentConfig {
             netns_prefix: "bottle-".into(),
             veth_prefix: "btl-".into(),
             log: "info".into(),
+            upstream_ca_files: Vec::new(),
+            audit_max_bytes: 16 * 1024 * 1024,
+            max_connections_per_bottle: 512,
         }
     }
 }

@@ -9,6 +9,7 @@ mod netns;
 mod network;
 mod paths;
 mod preflight;
+mod services;
 mod state;
 
 use std::os::fd::AsRawFd;
@@ -140,10 +141,27 @@ async fn run(config: AgentConfig) -> ExitCode {
             return AgentExit::Netlink.into();
         }
     };
+    let mut extra_cas = Vec::new();
+    for path in &config.upstream_ca_files {
+        match std::fs::read(path) {
+            Ok(pem) => extra_cas.push(pem),
+            Err(e) => {
+                error!("cannot read upstream CA {}: {e}", path.display());
+                return AgentExit::Config.into();
+            }
+        }
+    }
+    let trust = match bottle_proxy::UpstreamTrust::new(&extra_cas) {
+        Ok(t) => t,
+        Err(e) => {
+            error!("{e}");
+            return AgentExit::Config.into();
+        }
+    };
     let pool = config.pool;
     let socket = config.socket.clone();
     let group = config.socket_group.clone();
-    let mut manager = Manager::new(config, datapath, netlink.clone());
+    let mut manager = Manager::new(config, datapath, netlink.clone(), trust);
     manager.adopt().await;
     match network::routes_overlapping(&netlink, pool, &manager.own_ifindexes()).await {
         Ok(conflicts) if !conflicts.is_empty() => {

@@ -22,6 +22,7 @@ use crate::ipam::{Block, Ipam, IpamError};
 use crate::netns::{self, NetnsError};
 use crate::network::{self, NetworkError};
 use crate::paths::KILL_SWITCH_FILE;
+use crate::services::{ServiceSettings, Services, ServicesError, StoredPolicy};
 use crate::state::{self, Metadata, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,10 @@ pub enum ManagerError {
     Teardown { name: String, failures: String },
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Services(#[from] ServicesError),
+    #[error("bottle {0:?} has no running services (see the agent log)")]
+    NoServices(String),
 }
 
 pub type Result<T> = std::result::Result<T, ManagerError>;
@@ -63,7 +68,10 @@ impl From<ManagerError> for ApiError {
             ManagerError::NameTaken(_) => ErrorCode::NameTaken,
             ManagerError::NotFound(_) => ErrorCode::NotFound,
             ManagerError::NotOwner(_) | ManagerError::NotRoot => ErrorCode::Forbidden,
-            ManagerError::InvalidPolicy(_) => ErrorCode::InvalidPolicy,
+            ManagerError::InvalidPolicy(_) | ManagerError::Services(ServicesError::Policy(_)) => {
+                ErrorCode::InvalidPolicy
+            }
+            ManagerError::NoServices(_) => ErrorCode::Conflict,
             ManagerError::Pool(IpamError::Exhausted { .. }) => ErrorCode::PoolExhausted,
             _ => ErrorCode::Internal,
         };
@@ -87,6 +95,9 @@ struct Bottle {
     meta: Metadata,
     ifindex: u32,
     block: Option<Block>,
+    /// DNS and egress proxy; `None` only when they failed to start (the bottle then reaches
+    /// nothing).
+    services: Option<Services>,
 }
 
 /// Names of a bottle's kernel objects, derived from its id.
@@ -102,6 +113,7 @@ pub struct Manager {
     netlink: Handle,
     ipam: Ipam,
     bottles: BTreeMap<String, Bottle>,
+    trust: bottle_proxy::UpstreamTrust,
 }
 
 fn now_secs() -> u64 {
@@ -119,7 +131,12 @@ fn now_millis() -> u64 {
 }
 
 impl Manager {
-    pub fn new(config: AgentConfig, datapath: Datapath, netlink: Handle) -> Self {
+    pub fn new(
+        config: AgentConfig,
+        datapath: Datapath,
+        netlink: Handle,
+        trust: bottle_proxy::UpstreamTrust,
+    ) -> Self {
         let ipam = Ipam::new(config.pool, config.bottle_prefix_len);
         Self {
             config,
@@ -127,6 +144,19 @@ impl Manager {
             netlink,
             ipam,
             bottles: BTreeMap::new(),
+            trust,
+        }
+    }
+
+    fn settings(&self) -> ServiceSettings<'_> {
+        ServiceSettings {
+            state_dir: &self.config.state_dir,
+            trust: &self.trust,
+            audit_max_bytes: self.config.audit_max_bytes,
+            limits: bottle_proxy::Limits {
+                max_connections: self.config.max_connections_per_bottle,
+                ..bottle_proxy::Limits::default()
+            },
         }
     }
 
@@ -162,6 +192,11 @@ impl Manager {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            egress_hosts: b
+                .services
+                .as_ref()
+                .map(|s| s.stored.hosts())
+                .unwrap_or_default(),
         }
     }
 
@@ -203,17 +238,14 @@ impl Manager {
     }
 
     pub async fn create(&mut self, caller: Caller, req: CreateBottle) -> Result<BottleInfo> {
-        if let Some(policy) = &req.egress {
-            policy.validate().map_err(|errors| {
-                ManagerError::InvalidPolicy(
-                    errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )
-            })?;
-        }
+        // The policy is compiled before anything is made, so a bad one costs nothing.
+        let stored = StoredPolicy::new(req.egress.clone(), req.dlp.as_ref());
+        let secret_values = req
+            .dlp
+            .as_ref()
+            .map(|d| d.secret_values.clone())
+            .unwrap_or_default();
+        let compiled = stored.compile(&req.secrets, secret_values)?;
         let id = self.new_id();
         let name = req.name.unwrap_or_else(|| format!("bottle-{id}"));
         validate_name(&name)?;
@@ -236,12 +268,16 @@ impl Manager {
             frozen: false,
         };
         let mut ifindex = None;
-        match self.build(&meta, &names, &mut ifindex).await {
-            Ok(()) => {
+        match self
+            .build(&meta, &names, &mut ifindex, stored, compiled)
+            .await
+        {
+            Ok(services) => {
                 let bottle = Bottle {
                     meta,
                     ifindex: ifindex.unwrap_or_default(),
                     block: Some(block),
+                    services: Some(services),
                 };
                 let info = self.info(&bottle);
                 info!(bottle = %name, id = %id, address = %block.bottle, "created");
@@ -260,16 +296,18 @@ impl Manager {
         }
     }
 
-    /// Makes every kernel object of a bottle. `ifindex` is filled in as soon as the veth
-    /// exists so a rollback can find the map entries.
+    /// Makes every kernel object of a bottle, then starts its services. `ifindex` is filled
+    /// in as soon as the veth exists so a rollback can find the map entries.
     async fn build(
         &mut self,
         meta: &Metadata,
         names: &Names,
         ifindex: &mut Option<u32>,
-    ) -> Result<()> {
+        stored: StoredPolicy,
+        compiled: bottle_proxy::CompiledPolicy,
+    ) -> Result<Services> {
         let started = std::time::Instant::now();
-        let step = |what: &str| debug!(bottle = %meta.name, step = what, elapsed_us = started.elapsed().as_micros() as u64, "create");
+        let step = |what: &str| debug!(bottle = %meta.name, step = what, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "create");
         let netns_name = names.netns.clone();
         tokio::task::spawn_blocking(move || netns::create(&netns_name)).await??;
         step("netns");
@@ -305,10 +343,20 @@ impl Manager {
             network::configure_inside(&netns_name, &peer, bottle, gateway, prefix)
         })
         .await??;
+        netns::write_resolv_conf(&names.netns, meta.gateway_address).map_err(|source| {
+            StateError::Write {
+                path: std::path::Path::new(crate::paths::ETC_NETNS_DIR).join(&names.netns),
+                source,
+            }
+        })?;
         step("inside");
         state::save(&self.config.state_dir, meta)?;
+        stored.save(&self.config.state_dir, &meta.id)?;
         step("state");
-        Ok(())
+        let services =
+            Services::start(meta, &self.settings(), stored, Some(compiled), true).await?;
+        step("services");
+        Ok(services)
     }
 
     /// Removes whatever exists of a bottle, in an order that never lets traffic through
@@ -328,6 +376,9 @@ impl Manager {
             Ok(Err(e)) => failures.push(e.to_string()),
             Err(e) => failures.push(e.to_string()),
         }
+        if let Err(e) = netns::remove_etc(&meta.netns) {
+            failures.push(format!("remove /etc/netns/{}: {e}", meta.netns));
+        }
         let ports = self.config.service_ports.clone();
         failures.extend(self.datapath.uninstall(&meta.id, ifindex, &ports));
         if let Err(e) = state::remove_bottle_dir(&self.config.state_dir, &meta.id) {
@@ -338,9 +389,11 @@ impl Manager {
 
     pub async fn remove(&mut self, caller: Caller, name: &str) -> Result<()> {
         self.visible(caller, name)?;
-        let Some(bottle) = self.bottles.remove(name) else {
+        let Some(mut bottle) = self.bottles.remove(name) else {
             return Err(ManagerError::NotFound(name.into()));
         };
+        // Services first: nothing answers the bottle any more.
+        drop(bottle.services.take());
         let failures = self.teardown(&bottle.meta, Some(bottle.ifindex)).await;
         if let Some(block) = bottle.block {
             self.ipam.release(block.index);
@@ -395,7 +448,82 @@ impl Manager {
             id: b.meta.id.clone(),
             sampled_at_ms: now_millis(),
             kernel: kernel_counters(&c),
+            l7: b
+                .services
+                .as_ref()
+                .map(|s| s.ctx.stats.snapshot())
+                .unwrap_or_default(),
         }
+    }
+
+    /// Replaces a bottle's egress policy: new requests see it at once, open ones finish
+    /// under the old one.
+    pub fn set_policy(
+        &mut self,
+        caller: Caller,
+        name: &str,
+        req: bottle_api::SetPolicy,
+    ) -> Result<BottleInfo> {
+        self.visible(caller, name)?;
+        let stored = StoredPolicy::new(Some(req.egress), req.dlp.as_ref());
+        let secret_values = req.dlp.map(|d| d.secret_values).unwrap_or_default();
+        let compiled = stored.compile(&req.secrets, secret_values)?;
+        let state_dir = self.config.state_dir.clone();
+        let bottle = self
+            .bottles
+            .get_mut(name)
+            .ok_or_else(|| ManagerError::NotFound(name.into()))?;
+        let services = bottle
+            .services
+            .as_mut()
+            .ok_or_else(|| ManagerError::NoServices(name.into()))?;
+        stored.save(&state_dir, &bottle.meta.id)?;
+        services.replace_policy(stored, compiled);
+        info!(bottle = %name, "egress policy replaced");
+        let bottle = self.visible(caller, name)?;
+        Ok(self.info(bottle))
+    }
+
+    /// The bottle's CA certificate (PEM), for launchers and users.
+    pub fn ca_pem(&self, caller: Caller, name: &str) -> Result<String> {
+        let bottle = self.visible(caller, name)?;
+        let services = bottle
+            .services
+            .as_ref()
+            .ok_or_else(|| ManagerError::NoServices(name.into()))?;
+        Ok(services.ctx.ca.cert_pem().to_string())
+    }
+
+    /// Up to `max` bytes of the audit log from `offset`; returns (bytes, file size). An
+    /// offset past the end (after a rotation) restarts from 0.
+    pub fn audit(
+        &self,
+        caller: Caller,
+        name: &str,
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<u8>, u64, u64)> {
+        use std::io::{Read, Seek, SeekFrom};
+        let bottle = self.visible(caller, name)?;
+        let path = state::bottle_dir(&self.config.state_dir, &bottle.meta.id)
+            .join(bottle_proxy::audit::AUDIT_FILE);
+        let Ok(mut file) = std::fs::File::open(&path) else {
+            return Ok((Vec::new(), 0, 0));
+        };
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let start = if offset > size { 0 } else { offset };
+        let mut buf = Vec::new();
+        if file.seek(SeekFrom::Start(start)).is_ok() {
+            let _ = file.take(max as u64).read_to_end(&mut buf);
+        }
+        // Only whole lines.
+        let end = buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        buf.truncate(end);
+        Ok((buf, start, size))
     }
 
     pub fn stats(&self, caller: Caller, name: &str) -> Result<BottleStats> {
@@ -508,6 +636,21 @@ impl Manager {
                     error!(bottle = %meta.name, error = %e, "cannot re-attach datapath; freezing");
                 }
             }
+            let services = match StoredPolicy::load(&self.config.state_dir, &meta.id) {
+                Ok(stored) => {
+                    match Services::start(&meta, &self.settings(), stored, None, false).await {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            error!(bottle = %meta.name, error = %e, "cannot restart services; the bottle reaches nothing");
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    error!(bottle = %meta.name, error = %e, "cannot read stored policy; the bottle reaches nothing");
+                    None
+                }
+            };
             info!(bottle = %meta.name, id = %meta.id, "re-adopted");
             self.bottles.insert(
                 meta.name.clone(),
@@ -515,6 +658,7 @@ impl Manager {
                     meta,
                     ifindex,
                     block,
+                    services,
                 },
             );
         }
@@ -527,6 +671,11 @@ impl Manager {
             name.strip_prefix(prefix)
                 .map(|rest| rest.chars().take(8).collect())
         };
+        for ns in netns::etc_with_prefix(&self.config.netns_prefix) {
+            if id_of(&ns, &self.config.netns_prefix).is_some_and(|id| !ids.contains(&id)) {
+                let _ = netns::remove_etc(&ns);
+            }
+        }
         for ns in netns::list_with_prefix(&self.config.netns_prefix) {
             if id_of(&ns, &self.config.netns_prefix).is_some_and(|id| !ids.contains(&id)) {
                 warn!(netns = %ns, "removing orphaned network namespace");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
-use crate::paths::NETNS_DIR;
+use crate::paths::{ETC_NETNS_DIR, NETNS_DIR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -191,4 +191,34 @@ where
     })
     .join()
     .map_err(|_| NetnsError::Thread("namespace worker thread panicked".into()))?
+}
+
+/// `ip netns exec` bind-mounts `/etc/netns/<name>/resolv.conf` over `/etc/resolv.conf`, so
+/// host tools run inside the bottle resolve through its DNS server, like its workload does.
+pub fn write_resolv_conf(name: &str, nameserver: std::net::Ipv4Addr) -> std::io::Result<()> {
+    let dir = Path::new(ETC_NETNS_DIR).join(name);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("resolv.conf"),
+        format!("nameserver {nameserver}\n"),
+    )
+}
+
+/// Removes `/etc/netns/<name>`; missing is fine.
+pub fn remove_etc(name: &str) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(Path::new(ETC_NETNS_DIR).join(name)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Names under `/etc/netns` that start with `prefix`.
+pub fn etc_with_prefix(prefix: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(ETC_NETNS_DIR) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }

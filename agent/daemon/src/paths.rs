@@ -8,6 +8,8 @@ pub const DEFAULT_RUN_DIR: &str = "/run/bottle";
 
 /// `ip netns` looks for named namespaces here.
 pub const NETNS_DIR: &str = "/run/netns";
+/// Per-namespace files `ip netns exec` bind-mounts (we write `resolv.conf`).
+pub const ETC_NETNS_DIR: &str = "/etc/netns";
 
 /// The agent's own services on each bottle's gateway: DNS, HTTP, HTTPS, explicit proxy,
 /// git-gate, supervise.

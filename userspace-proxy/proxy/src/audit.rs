@@ -58,7 +58,9 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("path", &self.path).finish()
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -157,7 +159,10 @@ mod tests {
         let live = std::fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap();
         assert!(live.len() <= 400);
         assert!(dir.path().join("audit.log.1").exists());
-        assert!(!dir.path().join("audit.log.3").exists(), "bounded generations");
+        assert!(
+            !dir.path().join("audit.log.3").exists(),
+            "bounded generations"
+        );
         for line in live.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(v["kind"], "http");

@@ -185,17 +185,24 @@ mod tests {
     fn create_load_and_mint_leaves_that_chain() {
         let dir = tempfile::tempdir().unwrap();
         let ca = BottleCa::create(dir.path(), "0a0b0c0d").unwrap();
-        let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let leaf = ca.leaf("api.example.com").unwrap();
-        assert!(Arc::ptr_eq(&leaf, &ca.leaf("api.example.com").unwrap()), "cached");
+        assert!(
+            Arc::ptr_eq(&leaf, &ca.leaf("api.example.com").unwrap()),
+            "cached"
+        );
 
         // After a restart the reloaded CA signs leaves that verify against the stored cert.
         let reloaded = BottleCa::load(dir.path(), "0a0b0c0d").unwrap();
         assert_eq!(reloaded.cert_pem(), ca.cert_pem());
         let leaf = reloaded.leaf("api.example.com").unwrap();
         let mut roots = rustls::RootCertStore::empty();
-        let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
+        let ca_der =
+            rustls_pki_types::pem::PemObject::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
         roots.add(ca_der).unwrap();
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
@@ -205,11 +212,23 @@ mod tests {
         .unwrap();
         let name = rustls_pki_types::ServerName::try_from("api.example.com").unwrap();
         verifier
-            .verify_server_cert(&leaf.cert[0], &[], &name, &[], rustls_pki_types::UnixTime::now())
+            .verify_server_cert(
+                &leaf.cert[0],
+                &[],
+                &name,
+                &[],
+                rustls_pki_types::UnixTime::now(),
+            )
             .unwrap();
         let other = rustls_pki_types::ServerName::try_from("evil.example.com").unwrap();
         assert!(verifier
-            .verify_server_cert(&leaf.cert[0], &[], &other, &[], rustls_pki_types::UnixTime::now())
+            .verify_server_cert(
+                &leaf.cert[0],
+                &[],
+                &other,
+                &[],
+                rustls_pki_types::UnixTime::now()
+            )
             .is_err());
     }
 }

@@ -55,6 +55,9 @@ pub struct BottleContext {
     pub name: String,
     pub id: String,
     pub gateway: Ipv4Addr,
+    /// The only peer the services answer: a connection from anywhere else (a host process
+    /// trying to borrow the bottle's credentials) is dropped.
+    pub bottle_addr: Ipv4Addr,
     pub policy: PolicyHandle,
     pub ca: Arc<BottleCa>,
     pub tls_server: Arc<ServerConfig>,
@@ -89,6 +92,7 @@ impl BottleContext {
         name: &str,
         id: &str,
         gateway: Ipv4Addr,
+        bottle_addr: Ipv4Addr,
         policy: PolicyHandle,
         ca: Arc<BottleCa>,
         trust: &UpstreamTrust,
@@ -104,6 +108,7 @@ impl BottleContext {
             name: name.to_string(),
             id: id.to_string(),
             gateway,
+            bottle_addr,
             client: client(connector(&trust.any), limits),
             client_h1: client(connector(&trust.http1), limits),
             policy,

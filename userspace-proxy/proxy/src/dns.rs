@@ -33,7 +33,11 @@ pub struct Answered {
 
 /// Builds the response to one DNS message, or `None` when it is not worth answering (not a
 /// query at all).
-pub fn answer(request: &[u8], policy: &CompiledPolicy, gateway: Ipv4Addr) -> Option<(Vec<u8>, Option<Answered>)> {
+pub fn answer(
+    request: &[u8],
+    policy: &CompiledPolicy,
+    gateway: Ipv4Addr,
+) -> Option<(Vec<u8>, Option<Answered>)> {
     let msg = match Message::from_vec(request) {
         Ok(msg) => msg,
         Err(_) => {
@@ -99,6 +103,9 @@ pub async fn serve_udp(socket: UdpSocket, ctx: Arc<BottleContext>) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        if peer.ip() != ctx.bottle_addr {
+            continue;
+        }
         let policy = ctx.policy.current();
         if let Some((mut resp, answered)) = answer(&buf[..n], &policy, ctx.gateway) {
             if let Some(a) = &answered {
@@ -116,10 +123,13 @@ pub async fn serve_udp(socket: UdpSocket, ctx: Arc<BottleContext>) {
 /// Serves DNS over TCP (length-prefixed messages) until the listener fails.
 pub async fn serve_tcp(listener: TcpListener, ctx: Arc<BottleContext>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        if peer.ip() != ctx.bottle_addr {
+            continue;
+        }
         let Ok(permit) = ctx.conn_limit.clone().try_acquire_owned() else {
             continue; // over the bottle's connection limit: drop
         };
@@ -196,7 +206,10 @@ mod tests {
         let resp = ask("API.example.com.", RecordType::A);
         assert_eq!(resp.metadata.response_code, ResponseCode::NoError);
         assert_eq!(resp.answers.len(), 1);
-        assert_eq!(resp.answers[0].data, RData::A(A(Ipv4Addr::new(10, 213, 0, 1))));
+        assert_eq!(
+            resp.answers[0].data,
+            RData::A(A(Ipv4Addr::new(10, 213, 0, 1)))
+        );
     }
 
     #[test]
@@ -216,7 +229,12 @@ mod tests {
         let p = policy();
         let gw = Ipv4Addr::new(10, 213, 0, 1);
         assert!(answer(b"", &p, gw).is_none());
-        let (bytes, answered) = answer(&[0xab, 0xcd, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 9, 9], &p, gw).unwrap();
+        let (bytes, answered) = answer(
+            &[0xab, 0xcd, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 9, 9],
+            &p,
+            gw,
+        )
+        .unwrap();
         assert!(answered.is_none());
         assert_eq!(Message::from_vec(&bytes).unwrap().metadata.id, 0xabcd);
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

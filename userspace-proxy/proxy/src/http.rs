@@ -18,7 +18,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::audit::{path_without_query, AuditEvent};
 use crate::context::BottleContext;
-use crate::policy::{CompiledPolicy, DlpMode};
+use crate::policy::{CompiledPolicy, Credential, DlpMode};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -50,12 +50,19 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A refusal with a JSON body that names the reason (and the rule, for DLP) — never the
 /// secret itself.
-fn refuse(status: StatusCode, error: &str, message: &str, rule: Option<&str>) -> Response<ProxyBody> {
+fn refuse(
+    status: StatusCode,
+    error: &str,
+    message: &str,
+    rule: Option<&str>,
+) -> Response<ProxyBody> {
     let mut body = serde_json::json!({ "error": error, "message": message });
     if let Some(rule) = rule {
         body["rule"] = serde_json::Value::from(rule);
@@ -89,7 +96,13 @@ fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// Scans what leaves in the request line and headers (minus the credentials we replace).
-fn scan_head(rules: &RuleSet, method: &Method, host: &str, path_and_query: &str, headers: &HeaderMap) -> Vec<Finding> {
+fn scan_head(
+    rules: &RuleSet,
+    method: &Method,
+    host: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> Vec<Finding> {
     let mut text = Vec::with_capacity(512);
     text.extend_from_slice(method.as_str().as_bytes());
     text.push(b' ');
@@ -128,7 +141,11 @@ impl Drop for Exchange {
         let (up, down) = (self.up.load(Relaxed), self.down.load(Relaxed));
         let hit = self.body_hit.lock().ok().and_then(|h| h.clone());
         let status = self.status.lock().ok().and_then(|s| *s);
-        let decision = if hit.is_some() { "dlp_blocked" } else { "allowed" };
+        let decision = if hit.is_some() {
+            "dlp_blocked"
+        } else {
+            "allowed"
+        };
         self.ctx.stats.request(&self.host, decision, up, down);
         if let Some((rule, _)) = &hit {
             self.ctx.stats.dlp_hit(rule);
@@ -177,7 +194,10 @@ struct ScannedBody {
 }
 
 impl ScannedBody {
-    fn judge(&mut self, result: Result<Vec<Finding>, bottle_dlp::DecodeError>) -> Result<(), BoxError> {
+    fn judge(
+        &mut self,
+        result: Result<Vec<Finding>, bottle_dlp::DecodeError>,
+    ) -> Result<(), BoxError> {
         let findings = match result {
             Ok(f) => f,
             Err(e) => {
@@ -212,7 +232,10 @@ impl Body for ScannedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -258,7 +281,10 @@ impl Body for CountedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -283,14 +309,24 @@ impl Body for CountedBody {
     }
 }
 
-fn deny(ctx: &BottleContext, host: &str, req: &Request<Incoming>, status: StatusCode, error: &str, message: &str) -> Response<ProxyBody> {
+fn deny(
+    ctx: &BottleContext,
+    host: &str,
+    req: &Request<Incoming>,
+    status: StatusCode,
+    error: &str,
+    message: &str,
+) -> Response<ProxyBody> {
     ctx.stats.request(host, "denied", 0, 0);
     ctx.audit.record(&AuditEvent {
         kind: "http",
         host,
         method: Some(req.method().as_str()),
         path: Some(path_without_query(
-            req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
         )),
         status: Some(status.as_u16()),
         decision: "denied",
@@ -301,13 +337,32 @@ fn deny(ctx: &BottleContext, host: &str, req: &Request<Incoming>, status: Status
 }
 
 /// Serves one request from the bottle.
-pub async fn serve(req: Request<Incoming>, ctx: Arc<BottleContext>, front: Arc<Front>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn serve(
+    req: Request<Incoming>,
+    ctx: Arc<BottleContext>,
+    front: Arc<Front>,
+) -> Result<Response<ProxyBody>, Infallible> {
     Ok(handle(req, ctx, &front).await)
 }
 
-async fn handle(mut req: Request<Incoming>, ctx: Arc<BottleContext>, front: &Front) -> Response<ProxyBody> {
+async fn handle(
+    mut req: Request<Incoming>,
+    ctx: Arc<BottleContext>,
+    front: &Front,
+) -> Response<ProxyBody> {
+    // Request smuggling: hyper parses HTTP/1 framing strictly (duplicate or bad
+    // Content-Length, bad chunking: 400; Content-Length with Transfer-Encoding: chunked wins and
+    // the connection closes after the response, RFC 9112 §6.3), and every request is framed
+    // afresh towards the upstream, so there is no second parser to disagree with.
     let Some((host, port)) = request_authority(&req) else {
-        return deny(&ctx, "(none)", &req, StatusCode::BAD_REQUEST, "no_host", "the request names no host");
+        return deny(
+            &ctx,
+            "(none)",
+            &req,
+            StatusCode::BAD_REQUEST,
+            "no_host",
+            "the request names no host",
+        );
     };
     let tls = match front {
         Front::Tls { sni } => {
@@ -315,13 +370,27 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<BottleContext>, front: &Fro
                 let message = format!(
                     "request host {host:?} does not match the TLS server name {sni:?}; domain fronting is refused"
                 );
-                return deny(&ctx, &host, &req, StatusCode::MISDIRECTED_REQUEST, "host_mismatch", &message);
+                return deny(
+                    &ctx,
+                    &host,
+                    &req,
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "host_mismatch",
+                    &message,
+                );
             }
             true
         }
         Front::Plain => {
             if port.is_some_and(|p| p != 80) {
-                return deny(&ctx, &host, &req, StatusCode::FORBIDDEN, "port_denied", "plain HTTP goes to port 80 only");
+                return deny(
+                    &ctx,
+                    &host,
+                    &req,
+                    StatusCode::FORBIDDEN,
+                    "port_denied",
+                    "plain HTTP goes to port 80 only",
+                );
             }
             false
         }
@@ -329,10 +398,24 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<BottleContext>, front: &Fro
     let policy: Arc<CompiledPolicy> = ctx.policy.current();
     let Some(route) = policy.lookup(&host) else {
         let message = format!("{host} is not in this bottle's egress allowlist");
-        return deny(&ctx, &host, &req, StatusCode::FORBIDDEN, "host_not_allowed", &message);
+        return deny(
+            &ctx,
+            &host,
+            &req,
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            &message,
+        );
     };
     if route.passthrough {
-        return deny(&ctx, &host, &req, StatusCode::FORBIDDEN, "passthrough_only", "this host is TLS passthrough only; connect with TLS on port 443");
+        return deny(
+            &ctx,
+            &host,
+            &req,
+            StatusCode::FORBIDDEN,
+            "passthrough_only",
+            "this host is TLS passthrough only; connect with TLS on port 443",
+        );
     }
     let path_and_query = req
         .uri()
@@ -342,11 +425,24 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<BottleContext>, front: &Fro
     let path = path_without_query(&path_and_query).to_string();
     if !route.path_allowed(&path) {
         let message = format!("path {path} is outside the allowlist for {host}");
-        return deny(&ctx, &host, &req, StatusCode::FORBIDDEN, "path_not_allowed", &message);
+        return deny(
+            &ctx,
+            &host,
+            &req,
+            StatusCode::FORBIDDEN,
+            "path_not_allowed",
+            &message,
+        );
     }
 
     // Secrets in the request line or headers.
-    let head_hits = scan_head(&policy.dlp, req.method(), &host, &path_and_query, req.headers());
+    let head_hits = scan_head(
+        &policy.dlp,
+        req.method(),
+        &host,
+        &path_and_query,
+        req.headers(),
+    );
     if let Some(hit) = head_hits.first() {
         ctx.stats.dlp_hit(&hit.rule_id);
         if policy.dlp_mode == DlpMode::Block {
@@ -362,7 +458,15 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<BottleContext>, front: &Fro
                 reason: Some("secret in request line or headers"),
                 ..AuditEvent::default()
             });
-            return refuse(StatusCode::FORBIDDEN, "dlp", &format!("request blocked: it contains a secret ({} rule {})", hit.redacted, hit.rule_id), Some(&hit.rule_id));
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "dlp",
+                &format!(
+                    "request blocked: it contains a secret ({} rule {})",
+                    hit.redacted, hit.rule_id
+                ),
+                Some(&hit.rule_id),
+            );
         }
         ctx.audit.record(&AuditEvent {
             kind: "dlp",
@@ -383,7 +487,16 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<BottleContext>, front: &Fro
     let scheme = if tls { "https" } else { "http" };
     let uri: Uri = match format!("{scheme}://{host}{path_and_query}").parse() {
         Ok(u) => u,
-        Err(_) => return deny(&ctx, &host, &req, StatusCode::BAD_REQUEST, "bad_uri", "the request target is not a valid URI"),
+        Err(_) => {
+            return deny(
+                &ctx,
+                &host,
+                &req,
+                StatusCode::BAD_REQUEST,
+                "bad_uri",
+                "the request target is not a valid URI",
+            )
+        }
     };
     let mut headers = HeaderMap::with_capacity(req.headers().len() + 1);
     for (name, value) in req.headers() {
@@ -397,8 +510,24 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<BottleContext>, front: &Fro
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    if let Some(credential) = &route.credential {
-        headers.insert(header::AUTHORIZATION, credential.header_value().clone());
+    match &route.credential {
+        Some(Credential::Present(value)) => {
+            headers.insert(header::AUTHORIZATION, value.clone());
+        }
+        Some(Credential::Unavailable { token_ref }) => {
+            let message = format!(
+                "the credential for {host} ({token_ref}) is not loaded: the agent restarted and keeps tokens in memory only; run `bottle policy set` again"
+            );
+            return deny(
+                &ctx,
+                &host,
+                &req,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "credential_unavailable",
+                &message,
+            );
+        }
+        None => {}
     }
     let exchange = Arc::new(Exchange {
         ctx: ctx.clone(),
@@ -421,7 +550,14 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<BottleContext>, front: &Fro
         Ok(s) => s,
         Err(e) => {
             let message = format!("request body encoding {encoding:?} cannot be inspected: {e}");
-            return deny(&ctx, &host, &req, StatusCode::UNSUPPORTED_MEDIA_TYPE, "body_not_inspectable", &message);
+            return deny(
+                &ctx,
+                &host,
+                &req,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "body_not_inspectable",
+                &message,
+            );
         }
     };
     let method = req.method().clone();
@@ -437,20 +573,37 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<BottleContext>, front: &Fro
     *upstream_req.headers_mut() = headers;
     drop(policy);
 
-    let client = if websocket { &ctx.client_h1 } else { &ctx.client };
+    let client = if websocket {
+        &ctx.client_h1
+    } else {
+        &ctx.client
+    };
     let sent = tokio::time::timeout(RESPONSE_HEADER_TIMEOUT, client.request(upstream_req)).await;
     let mut upstream_resp = match sent {
-        Err(_) => return upstream_failure(&exchange, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the upstream did not answer in time"),
+        Err(_) => {
+            return upstream_failure(
+                &exchange,
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            )
+        }
         Ok(Err(e)) => {
             if let Some((rule, redacted)) = exchange.body_hit.lock().ok().and_then(|h| h.clone()) {
-                let message = format!("request blocked: its body contains a secret ({redacted} rule {rule})");
+                let message =
+                    format!("request blocked: its body contains a secret ({redacted} rule {rule})");
                 if let Ok(mut s) = exchange.status.lock() {
                     *s = Some(403);
                 }
                 return refuse(StatusCode::FORBIDDEN, "dlp", &message, Some(&rule));
             }
             let message = format!("upstream request failed: {}", error_chain(&e));
-            return upstream_failure(&exchange, StatusCode::BAD_GATEWAY, "upstream_error", &message);
+            return upstream_failure(
+                &exchange,
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                &message,
+            );
         }
         Ok(Ok(resp)) => resp,
     };
@@ -463,14 +616,21 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<BottleContext>, front: &Fro
             let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
             let exchange = exchange.clone();
             tokio::spawn(async move {
-                let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
+                let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await)
+                else {
                     return;
                 };
                 let mut client = hyper_util::rt::TokioIo::new(client);
                 let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    exchange.up.fetch_add(up, std::sync::atomic::Ordering::Relaxed);
-                    exchange.down.fetch_add(down, std::sync::atomic::Ordering::Relaxed);
+                if let Ok((up, down)) =
+                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                {
+                    exchange
+                        .up
+                        .fetch_add(up, std::sync::atomic::Ordering::Relaxed);
+                    exchange
+                        .down
+                        .fetch_add(down, std::sync::atomic::Ordering::Relaxed);
                 }
             });
         }
@@ -498,7 +658,12 @@ fn is_upgrade_header(name: &HeaderName) -> bool {
     name == header::UPGRADE || name == header::CONNECTION
 }
 
-fn upstream_failure(exchange: &Exchange, status: StatusCode, error: &str, message: &str) -> Response<ProxyBody> {
+fn upstream_failure(
+    exchange: &Exchange,
+    status: StatusCode,
+    error: &str,
+    message: &str,
+) -> Response<ProxyBody> {
     if let Ok(mut s) = exchange.status.lock() {
         *s = Some(status.as_u16());
     }

@@ -22,4 +22,4 @@ pub mod upstream;
 
 pub use context::{BottleContext, Limits, UpstreamTrust};
 pub use listeners::GatewayServices;
-pub use policy::{CompiledPolicy, DlpMode, PolicyHandle, PolicyOptions};
+pub use policy::{CompiledPolicy, DlpMode, MissingSecrets, PolicyHandle, PolicyOptions};

@@ -71,10 +71,12 @@ impl GatewayServices {
     pub async fn start(ctx: Arc<BottleContext>) -> Result<Self, BindError> {
         let ip = ctx.gateway;
         let dns_addr = SocketAddr::V4(SocketAddrV4::new(ip, DNS_PORT));
-        let udp = UdpSocket::bind(dns_addr).await.map_err(|source| BindError {
-            addr: format!("udp {dns_addr}"),
-            source,
-        })?;
+        let udp = UdpSocket::bind(dns_addr)
+            .await
+            .map_err(|source| BindError {
+                addr: format!("udp {dns_addr}"),
+                source,
+            })?;
         let dns_tcp = tcp_listener(ip, DNS_PORT)?;
         let http = tcp_listener(ip, HTTP_PORT)?;
         let https = tcp_listener(ip, HTTPS_PORT)?;
@@ -99,13 +101,17 @@ enum Service {
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<BottleContext>, service: Service) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
+        if peer.ip() != ctx.bottle_addr {
+            debug!(bottle = %ctx.name, %peer, "connection not from the bottle; dropped");
+            continue;
+        }
         // Over the bottle's limit: close at once, so a flood only hurts its sender.
         let Ok(permit) = ctx.conn_limit.clone().try_acquire_owned() else {
             drop(stream);
@@ -115,9 +121,13 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<BottleContext>, service: Se
         let ctx = ctx.clone();
         tokio::spawn(async move {
             match service {
-                Service::PlainHttp => serve_http(TokioIo::new(stream), ctx, Front::Plain, false).await,
+                Service::PlainHttp => {
+                    serve_http(TokioIo::new(stream), ctx, Front::Plain, false).await
+                }
                 Service::Https => tls_front(stream, ctx, None).await,
-                Service::ExplicitProxy => serve_http(TokioIo::new(stream), ctx, Front::Plain, true).await,
+                Service::ExplicitProxy => {
+                    serve_http(TokioIo::new(stream), ctx, Front::Plain, true).await
+                }
             }
             drop(permit);
         });
@@ -155,7 +165,10 @@ where
             crate::http::serve(req, ctx, front).await
         }
     });
-    if let Err(e) = server_builder().serve_connection_with_upgrades(io, service).await {
+    if let Err(e) = server_builder()
+        .serve_connection_with_upgrades(io, service)
+        .await
+    {
         debug!(error = %e, "connection ended with an error");
     }
 }
@@ -187,10 +200,17 @@ fn connect_tunnel(mut req: Request<Incoming>, ctx: Arc<BottleContext>) -> Respon
             method: Some("CONNECT"),
             status: Some(403),
             decision: "denied",
-            reason: Some(if allowed { "only port 443 may be tunnelled" } else { "not in the egress allowlist" }),
+            reason: Some(if allowed {
+                "only port 443 may be tunnelled"
+            } else {
+                "not in the egress allowlist"
+            }),
             ..AuditEvent::default()
         });
-        return plain_response(StatusCode::FORBIDDEN, &format!("{authority} is not allowed by this bottle's egress policy"));
+        return plain_response(
+            StatusCode::FORBIDDEN,
+            &format!("{authority} is not allowed by this bottle's egress policy"),
+        );
     }
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -240,7 +260,11 @@ where
         audit_tls_denied(&ctx, &sni, "not in the egress allowlist");
         // Let rustls answer with an alert: the resolver has no certificate for this name.
         let acceptor = tokio_rustls::TlsAcceptor::from(ctx.tls_server.clone());
-        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Prefixed::new(hello.buffered, stream))).await;
+        let _ = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            acceptor.accept(Prefixed::new(hello.buffered, stream)),
+        )
+        .await;
         return;
     };
     if route.passthrough {
@@ -250,7 +274,12 @@ where
     }
     drop(policy);
     let acceptor = tokio_rustls::TlsAcceptor::from(ctx.tls_server.clone());
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Prefixed::new(hello.buffered, stream))).await {
+    let tls = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        acceptor.accept(Prefixed::new(hello.buffered, stream)),
+    )
+    .await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             debug!(bottle = %ctx.name, sni = %sni, error = %e, "TLS handshake with the bottle failed");

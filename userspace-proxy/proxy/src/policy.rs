@@ -15,7 +15,9 @@ use ipnet::IpNet;
 pub enum PolicyError {
     #[error("invalid egress policy: {0}")]
     Invalid(String),
-    #[error("auth.token_ref {0:?} has no value: set it in the environment of the `bottle` command")]
+    #[error(
+        "auth.token_ref {0:?} has no value: set it in the environment of the `bottle` command"
+    )]
     MissingSecret(String),
     #[error("DLP rules: {0}")]
     Dlp(#[from] bottle_dlp::DlpError),
@@ -34,18 +36,31 @@ pub enum DlpMode {
 }
 
 /// The credential a route injects. Its Debug never shows the value.
-pub struct Credential(HeaderValue);
+pub enum Credential {
+    Present(HeaderValue),
+    /// The value is gone (tokens live only in the agent's memory, and the agent restarted):
+    /// requests on this route are refused until the policy is set again.
+    Unavailable {
+        token_ref: String,
+    },
+}
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Credential(<redacted>)")
+        match self {
+            Self::Present(_) => f.write_str("Credential(<redacted>)"),
+            Self::Unavailable { token_ref } => write!(f, "Credential(unavailable: {token_ref})"),
+        }
     }
 }
 
-impl Credential {
-    pub fn header_value(&self) -> &HeaderValue {
-        &self.0
-    }
+/// What to do with a route whose `token_ref` has no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingSecrets {
+    /// Refuse the policy (a user setting it made a mistake).
+    Error,
+    /// Keep the route but refuse its requests (restored after an agent restart).
+    Unavailable,
 }
 
 #[derive(Debug)]
@@ -131,6 +146,15 @@ impl CompiledPolicy {
         secrets: &BTreeMap<String, String>,
         options: &PolicyOptions,
     ) -> Result<Self> {
+        Self::compile_with(policy, secrets, options, MissingSecrets::Error)
+    }
+
+    pub fn compile_with(
+        policy: &EgressPolicy,
+        secrets: &BTreeMap<String, String>,
+        options: &PolicyOptions,
+        missing: MissingSecrets,
+    ) -> Result<Self> {
         policy.validate().map_err(|errors| {
             PolicyError::Invalid(
                 errors
@@ -146,21 +170,34 @@ impl CompiledPolicy {
             let pattern = HostPattern::parse(&route.host).map_err(PolicyError::Invalid)?;
             let credential = match &route.auth {
                 None => None,
-                Some(auth) => {
-                    let token = secrets
-                        .get(&auth.token_ref)
-                        .ok_or_else(|| PolicyError::MissingSecret(auth.token_ref.clone()))?;
-                    dlp.add_secret(&format!("route-secret:{}", auth.token_ref), token.as_bytes())?;
-                    let mut value = HeaderValue::from_str(&format!("{} {token}", auth.scheme.as_str()))
-                        .map_err(|_| {
-                            PolicyError::Invalid(format!(
-                                "the value of {} cannot be sent in an HTTP header",
-                                auth.token_ref
-                            ))
-                        })?;
-                    value.set_sensitive(true);
-                    Some(Credential(value))
-                }
+                Some(auth) => match secrets.get(&auth.token_ref) {
+                    None if missing == MissingSecrets::Unavailable => {
+                        Some(Credential::Unavailable {
+                            token_ref: auth.token_ref.clone(),
+                        })
+                    }
+                    None => return Err(PolicyError::MissingSecret(auth.token_ref.clone())),
+                    Some(token) => {
+                        // Too short to scan for without false hits: still injected, not scanned.
+                        match dlp.add_secret(
+                            &format!("route-secret:{}", auth.token_ref),
+                            token.as_bytes(),
+                        ) {
+                            Ok(()) | Err(bottle_dlp::DlpError::Secret(_)) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                        let mut value =
+                            HeaderValue::from_str(&format!("{} {token}", auth.scheme.as_str()))
+                                .map_err(|_| {
+                                    PolicyError::Invalid(format!(
+                                        "the value of {} cannot be sent in an HTTP header",
+                                        auth.token_ref
+                                    ))
+                                })?;
+                        value.set_sensitive(true);
+                        Some(Credential::Present(value))
+                    }
+                },
             };
             let pipelock = route.pipelock.clone().unwrap_or_default();
             let ssrf_allow = pipelock
@@ -180,7 +217,10 @@ impl CompiledPolicy {
             });
         }
         for (name, value) in &options.extra_secrets {
-            dlp.add_secret(&format!("host-secret:{name}"), value.as_bytes())?;
+            match dlp.add_secret(&format!("host-secret:{name}"), value.as_bytes()) {
+                Ok(()) | Err(bottle_dlp::DlpError::Secret(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         if let Some(toml) = &options.dlp_rules_toml {
             dlp.add_gitleaks_toml(toml, "dlp rules")?;
@@ -194,7 +234,11 @@ impl CompiledPolicy {
 
     /// A policy that allows nothing (a bottle created without `--egress`).
     pub fn deny_all() -> Result<Self> {
-        Self::compile(&EgressPolicy::default(), &BTreeMap::new(), &PolicyOptions::default())
+        Self::compile(
+            &EgressPolicy::default(),
+            &BTreeMap::new(),
+            &PolicyOptions::default(),
+        )
     }
 
     /// The route for `host`: an exact match wins over wildcards; among wildcards the longest
@@ -282,7 +326,9 @@ mod tests {
         assert_eq!(api.host, "api.example.com");
         assert!(api.path_allowed("/v1/models"));
         assert!(!api.path_allowed("/admin"));
-        assert_eq!(api.credential.as_ref().unwrap().header_value(), "Bearer tok-123456789");
+        assert!(
+            matches!(api.credential.as_ref().unwrap(), Credential::Present(v) if v == "Bearer tok-123456789")
+        );
         assert!(!format!("{api:?}").contains("tok-123456789"));
         assert_eq!(p.lookup("cdn.example.com").unwrap().host, "*.example.com");
         assert!(p.lookup("example.com").is_none());
@@ -292,15 +338,40 @@ mod tests {
     }
 
     #[test]
-    fn missing_token_value_is_an_error() {
+    fn missing_token_value_is_an_error_or_unavailable_after_restart() {
         let e = CompiledPolicy::compile(&policy(), &BTreeMap::new(), &PolicyOptions::default())
             .unwrap_err();
         assert!(e.to_string().contains("API_TOKEN"), "{e}");
+        let restored = CompiledPolicy::compile_with(
+            &policy(),
+            &BTreeMap::new(),
+            &PolicyOptions::default(),
+            MissingSecrets::Unavailable,
+        )
+        .unwrap();
+        let route = restored.lookup("api.example.com").unwrap();
+        assert!(matches!(
+            route.credential,
+            Some(Credential::Unavailable { .. })
+        ));
     }
 
     #[test]
     fn internal_addresses() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:10.0.0.1", "224.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "224.0.0.1",
+        ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {

@@ -98,8 +98,14 @@ mod tests {
         let snap = s.snapshot();
         assert_eq!(snap.http.len(), 2);
         let allowed = snap.http.iter().find(|h| h.decision == "allowed").unwrap();
-        assert_eq!((allowed.requests, allowed.bytes_up, allowed.bytes_down), (2, 11, 22));
-        assert_eq!((snap.dns.queries, snap.dns.answered, snap.dns.refused), (3 - 1, 1, 1));
+        assert_eq!(
+            (allowed.requests, allowed.bytes_up, allowed.bytes_down),
+            (2, 11, 22)
+        );
+        assert_eq!(
+            (snap.dns.queries, snap.dns.answered, snap.dns.refused),
+            (3 - 1, 1, 1)
+        );
         for i in 0..2000 {
             s.request(&format!("h{i}.example.com"), "denied", 0, 0);
         }

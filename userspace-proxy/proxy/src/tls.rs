@@ -43,7 +43,9 @@ pub struct PeekedHello {
 }
 
 /// Reads until a complete ClientHello has arrived; bounded in size and time.
-pub async fn peek_client_hello<S: AsyncRead + Unpin>(stream: &mut S) -> Result<PeekedHello, TlsFrontError> {
+pub async fn peek_client_hello<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<PeekedHello, TlsFrontError> {
     let work = async {
         let mut acceptor = Acceptor::default();
         let mut buffered = Vec::with_capacity(2048);
@@ -102,7 +104,11 @@ impl<S> Prefixed<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pos < this.prefix.len() {
             let n = (this.prefix.len() - this.pos).min(buf.remaining());
@@ -119,7 +125,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -153,7 +163,10 @@ impl ResolvesServerCert for BottleCertResolver {
 }
 
 /// The bottle's TLS server configuration (h2 and http/1.1).
-pub fn server_config(policy: PolicyHandle, ca: Arc<BottleCa>) -> Result<Arc<ServerConfig>, rustls::Error> {
+pub fn server_config(
+    policy: PolicyHandle,
+    ca: Arc<BottleCa>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

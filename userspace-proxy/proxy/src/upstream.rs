@@ -59,7 +59,10 @@ pub enum UpstreamError {
 
 /// Builds the TLS client configuration for upstreams: the system's roots plus `extra_pems`
 /// (files of PEM certificates, e.g. a corporate or test CA).
-pub fn client_config(extra_pems: &[Vec<u8>], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, UpstreamError> {
+pub fn client_config(
+    extra_pems: &[Vec<u8>],
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, UpstreamError> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
@@ -85,13 +88,20 @@ pub fn client_config(extra_pems: &[Vec<u8>], alpn: &[&[u8]]) -> Result<Arc<Clien
 }
 
 /// Resolves and dials `host:port` as the route for `host` allows. Returns the TCP stream.
-pub async fn dial(policy: &PolicyHandle, host: &str, port: u16) -> Result<TcpStream, UpstreamError> {
+pub async fn dial(
+    policy: &PolicyHandle,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, UpstreamError> {
     let current = policy.current();
     let route = current
         .lookup(host)
         .ok_or_else(|| UpstreamError::NoRoute(host.to_string()))?;
     let candidates: Vec<SocketAddr> = match route.connect_to {
-        Some(addr) => vec![addr],
+        // `connect_to` names the HTTPS endpoint; plain HTTP goes to the same address on the
+        // port the request asked for.
+        Some(addr) if port == 443 => vec![addr],
+        Some(addr) => vec![SocketAddr::new(addr.ip(), port)],
         None => tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((host, port)))
             .await
             .map_err(|_| UpstreamError::Timeout(host.to_string()))?
@@ -138,8 +148,13 @@ pub async fn dial(policy: &PolicyHandle, host: &str, port: u16) -> Result<TcpStr
 }
 
 /// TLS to `host` over `tcp`, verifying the certificate for `host`.
-pub async fn tls(config: Arc<ClientConfig>, host: &str, tcp: TcpStream) -> Result<TlsStream<TcpStream>, UpstreamError> {
-    let name = ServerName::try_from(host.to_string()).map_err(|_| UpstreamError::BadHost(host.to_string()))?;
+pub async fn tls(
+    config: Arc<ClientConfig>,
+    host: &str,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| UpstreamError::BadHost(host.to_string()))?;
     tokio::time::timeout(TLS_TIMEOUT, TlsConnector::from(config).connect(name, tcp))
         .await
         .map_err(|_| UpstreamError::Timeout(host.to_string()))?
@@ -171,7 +186,11 @@ impl Connection for UpstreamStream {
 }
 
 impl AsyncRead for UpstreamStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -180,7 +199,11 @@ impl AsyncRead for UpstreamStream {
 }
 
 impl AsyncWrite for UpstreamStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -201,7 +224,11 @@ impl AsyncWrite for UpstreamStream {
         }
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),

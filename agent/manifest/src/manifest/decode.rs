@@ -121,6 +121,18 @@ pub(super) fn bottle(file: &Path, name: &str, text: &str) -> Result<BottleManife
     Ok(out)
 }
 
+/// Decodes a standalone egress policy file (`bottle create --egress FILE`): either the
+/// block itself (`routes: [...]`) or a document with a top-level `egress:` key, so a user can
+/// paste from a manifest either way. Errors name the file, line and key like manifest errors.
+pub fn egress_file(file: &Path, text: &str) -> Result<EgressPolicy> {
+    let doc = Doc { file, offset: 0 };
+    let root = doc.parse(text)?;
+    if let Some(e) = doc.root(&root)?.iter().find(|e| e.key == "egress") {
+        return doc.egress(&e.value, e.key_line);
+    }
+    doc.egress(&root, root.line)
+}
+
 /// Decodes one agent file's text. `bottles_dir` is only for messages.
 pub(super) fn agent(
     file: &Path,

@@ -958,3 +958,22 @@ fn route_keys_constant_matches_decoder() {
         .ends_with(ROUTE_KEYS));
     let _ = NAME_RULE;
 }
+
+#[test]
+fn egress_file_accepts_block_or_wrapped_and_names_line() {
+    use std::path::Path;
+    let file = Path::new("egress.yaml");
+    let block = "routes:\n  - host: api.example.com\n    path_allowlist: [\"/v1/\"]\n";
+    let wrapped =
+        "egress:\n  routes:\n    - host: api.example.com\n      path_allowlist: [\"/v1/\"]\n";
+    let a = crate::manifest::egress_file(file, block).unwrap();
+    let b = crate::manifest::egress_file(file, wrapped).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.routes[0].host, "api.example.com");
+    let bad = "routes:\n  - host: api.example.com\n    hots: x\n";
+    let e = crate::manifest::egress_file(file, bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("egress.yaml:3"), "{e}");
+    assert!(e.contains("hots"), "{e}");
+}

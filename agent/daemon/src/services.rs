@@ -1,0 +1,193 @@
+//! A bottle's userspace services (DNS, egress proxy) and the policy they enforce, as the
+//! manager sees them: start, replace the policy, persist it (without secrets), restore.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bottle_api::policy::EgressPolicy;
+use bottle_api::{DlpMode as ApiDlpMode, DlpSettings};
+use bottle_proxy::audit::AuditLog;
+use bottle_proxy::ca::{BottleCa, CaError};
+use bottle_proxy::policy::PolicyError;
+use bottle_proxy::{
+    BottleContext, CompiledPolicy, DlpMode, GatewayServices, Limits, MissingSecrets, PolicyHandle,
+    PolicyOptions, UpstreamTrust,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{self, Metadata, StateError};
+
+pub const POLICY_FILE: &str = "policy.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("bottle CA: {0}")]
+    Ca(#[from] CaError),
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Bind(#[from] bottle_proxy::listeners::BindError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{path} is not a valid stored policy: {source}")]
+    Stored {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, ServicesError>;
+
+/// What is stored of a policy: everything but secret values (those live in memory only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoredPolicy {
+    pub egress: EgressPolicy,
+    #[serde(default)]
+    pub dlp: StoredDlp,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoredDlp {
+    #[serde(default)]
+    pub mode: ApiDlpMode,
+    #[serde(default)]
+    pub rules_toml: Option<String>,
+}
+
+impl StoredPolicy {
+    pub fn new(egress: Option<EgressPolicy>, dlp: Option<&DlpSettings>) -> Self {
+        Self {
+            egress: egress.unwrap_or_default(),
+            dlp: StoredDlp {
+                mode: dlp.map(|d| d.mode).unwrap_or_default(),
+                rules_toml: dlp.and_then(|d| d.rules_toml.clone()),
+            },
+        }
+    }
+
+    fn options(&self, secret_values: BTreeMap<String, String>) -> PolicyOptions {
+        PolicyOptions {
+            dlp_mode: match self.dlp.mode {
+                ApiDlpMode::Block => DlpMode::Block,
+                ApiDlpMode::Warn => DlpMode::Warn,
+            },
+            dlp_rules_toml: self.dlp.rules_toml.clone(),
+            extra_secrets: secret_values,
+        }
+    }
+
+    /// Compiles with the secrets the user just sent: a missing one is an error.
+    pub fn compile(
+        &self,
+        secrets: &BTreeMap<String, String>,
+        secret_values: BTreeMap<String, String>,
+    ) -> Result<CompiledPolicy> {
+        Ok(CompiledPolicy::compile_with(
+            &self.egress,
+            secrets,
+            &self.options(secret_values),
+            MissingSecrets::Error,
+        )?)
+    }
+
+    /// Compiles after a restart, when no secret is known: routes that need one refuse.
+    fn compile_restored(&self) -> Result<CompiledPolicy> {
+        Ok(CompiledPolicy::compile_with(
+            &self.egress,
+            &BTreeMap::new(),
+            &self.options(BTreeMap::new()),
+            MissingSecrets::Unavailable,
+        )?)
+    }
+
+    pub fn save(&self, state_dir: &Path, id: &str) -> Result<()> {
+        let path = state::bottle_dir(state_dir, id).join(POLICY_FILE);
+        let json = serde_json::to_vec_pretty(self).map_err(|source| ServicesError::Stored {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(state::write_atomic(&path, &json)?)
+    }
+
+    pub fn load(state_dir: &Path, id: &str) -> Result<Self> {
+        let path = state::bottle_dir(state_dir, id).join(POLICY_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ServicesError::Stored {
+                path: path.display().to_string(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(StateError::Read { path, source }.into()),
+        }
+    }
+
+    pub fn hosts(&self) -> Vec<String> {
+        self.egress.routes.iter().map(|r| r.host.clone()).collect()
+    }
+}
+
+/// The running services of one bottle; dropping it stops them.
+pub struct Services {
+    pub ctx: Arc<BottleContext>,
+    pub stored: StoredPolicy,
+    _listeners: GatewayServices,
+}
+
+/// Shared settings for starting services.
+pub struct ServiceSettings<'a> {
+    pub state_dir: &'a Path,
+    pub trust: &'a UpstreamTrust,
+    pub audit_max_bytes: u64,
+    pub limits: Limits,
+}
+
+impl Services {
+    /// Starts the services of a bottle. `fresh` makes a new CA; otherwise the stored one is
+    /// loaded.
+    pub async fn start(
+        meta: &Metadata,
+        settings: &ServiceSettings<'_>,
+        stored: StoredPolicy,
+        policy: Option<CompiledPolicy>,
+        fresh: bool,
+    ) -> Result<Self> {
+        let dir = state::bottle_dir(settings.state_dir, &meta.id);
+        let ca = if fresh {
+            BottleCa::create(&dir, &meta.id)?
+        } else {
+            BottleCa::load(&dir, &meta.id)?
+        };
+        let policy = match policy {
+            Some(p) => p,
+            None => stored.compile_restored()?,
+        };
+        let audit = Arc::new(AuditLog::open(&dir, settings.audit_max_bytes));
+        let ctx = BottleContext::new(
+            &meta.name,
+            &meta.id,
+            meta.gateway_address,
+            meta.bottle_address,
+            PolicyHandle::new(policy),
+            Arc::new(ca),
+            settings.trust,
+            audit,
+            settings.limits,
+        )?;
+        let listeners = GatewayServices::start(ctx.clone()).await?;
+        Ok(Self {
+            ctx,
+            stored,
+            _listeners: listeners,
+        })
+    }
+
+    /// Swaps in a new policy for new requests; open connections keep theirs.
+    pub fn replace_policy(&mut self, stored: StoredPolicy, policy: CompiledPolicy) {
+        self.ctx.policy.replace(policy);
+        self.stored = stored;
+    }
+}
