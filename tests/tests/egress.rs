@@ -546,3 +546,200 @@ fn privileged_restart_keeps_policy_but_never_leaks_or_reuses_lost_tokens() {
         "{out:?}"
     );
 }
+
+/// A DNS query for `name` type A, sent over TCP to the gateway from inside the bottle;
+/// returns the response code and the first answer's address, if any.
+fn dns_over_tcp(b: &BottleInfo, name: &str) -> (u8, Option<std::net::Ipv4Addr>) {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len()).unwrap());
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut msg = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+    msg.extend_from_slice(&q);
+    let dest = SocketAddr::V4(SocketAddrV4::new(b.gateway_address, 53));
+    let resp = in_netns(&b.netns, move || {
+        let mut s = TcpStream::connect_timeout(&dest, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&msg).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut body).unwrap();
+        body
+    });
+    assert_eq!(&resp[..2], &[0x12, 0x34], "same id");
+    let rcode = resp[3] & 0x0f;
+    let answers = u16::from_be_bytes([resp[6], resp[7]]);
+    let addr = (answers > 0).then(|| {
+        let a = &resp[resp.len() - 4..];
+        std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3])
+    });
+    (rcode, addr)
+}
+
+#[test]
+fn privileged_connect_sni_ssrf_dlp_warn_user_rules_and_tcp_dns() {
+    if !privileged("privileged_connect_sni_ssrf_dlp_warn_user_rules_and_tcp_dns") {
+        return;
+    }
+    let s = setup(35);
+    let b = &s.bottle;
+    let ca = s.ca.to_str().unwrap();
+    let proxy = format!("http://{}:3128", b.gateway_address);
+
+    // DNS over TCP answers like UDP.
+    assert_eq!(
+        dns_over_tcp(b, "api.example.com"),
+        (0, Some(b.gateway_address))
+    );
+    assert_eq!(dns_over_tcp(b, "evil.example.net").0, 3, "NXDOMAIN");
+
+    // CONNECT to one allowed host, then TLS naming another: refused.
+    let (rc, body) = curl(
+        &b.netns,
+        &[
+            "--cacert",
+            ca,
+            "-x",
+            &proxy,
+            "--connect-to",
+            "other.example.com:443:api.example.com:443",
+            "https://other.example.com/echo",
+        ],
+    );
+    assert_ne!(rc, 0, "{body}");
+    assert!(s
+        .agent
+        .audit("web")
+        .contains("server name differs from the CONNECT target"));
+
+    // SSRF: a route to a private address without an allowlist entry is refused upstream.
+    let ssrf = s.agent.dir.path().join("ssrf.yaml");
+    std::fs::write(
+        &ssrf,
+        format!(
+            "routes:\n  - host: other.example.com\n    connect_to: \"{}:443\"\n",
+            s.internet.addr
+        ),
+    )
+    .unwrap();
+    let out = s
+        .agent
+        .bottle(&["policy", "set", "web", ssrf.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let (_, body) = curl(
+        &b.netns,
+        &[
+            "--cacert",
+            ca,
+            "-w",
+            "%{http_code}",
+            "https://other.example.com/echo",
+        ],
+    );
+    assert!(
+        body.contains("internal addresses") && body.ends_with("502"),
+        "{body}"
+    );
+
+    // Warn mode with a user rule (gitleaks format): the request passes, the hit is audited.
+    let rules = s.agent.dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nid = \"acme-internal-key\"\nregex = '''ACME-[0-9A-F]{16}'''\nkeywords = [\"acme-\"]\n",
+    )
+    .unwrap();
+    let allowed = s.agent.dir.path().join("allowed.yaml");
+    std::fs::write(
+        &allowed,
+        format!("routes:\n{}", s.internet.route("other.example.com")),
+    )
+    .unwrap();
+    let out = s.agent.bottle(&[
+        "policy",
+        "set",
+        "web",
+        allowed.to_str().unwrap(),
+        "--dlp-warn",
+        "--dlp-rules",
+        rules.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let (rc, body) = curl(
+        &b.netns,
+        &[
+            "--cacert",
+            ca,
+            "-d",
+            "k=ACME-0123456789ABCDEF",
+            "https://other.example.com/echo",
+        ],
+    );
+    assert_eq!(rc, 0, "{body}");
+    assert_eq!(json(&body)["body_len"], 23, "warn mode lets it through");
+    let audit = s.agent.audit("web");
+    assert!(
+        audit.contains("\"decision\":\"dlp_warned\"") && audit.contains("acme-internal-key"),
+        "{audit}"
+    );
+    assert!(!audit.contains("0123456789ABCDEF"));
+    // Back to block mode: the same user rule now blocks.
+    let out = s.agent.bottle(&[
+        "policy",
+        "set",
+        "web",
+        allowed.to_str().unwrap(),
+        "--dlp-rules",
+        rules.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let (_, body) = curl(
+        &b.netns,
+        &[
+            "--cacert",
+            ca,
+            "-d",
+            "k=ACME-0123456789ABCDEF",
+            "https://other.example.com/echo",
+        ],
+    );
+    assert!(
+        body.contains("acme-internal-key") && body.contains("\"error\":\"dlp\""),
+        "{body}"
+    );
+    // A broken user rule is a clear error and changes nothing.
+    std::fs::write(
+        &rules,
+        "[[rules]]\nid = \"broken\"\nregex = '''(unclosed'''\n",
+    )
+    .unwrap();
+    let out = s.agent.bottle(&[
+        "policy",
+        "set",
+        "web",
+        allowed.to_str().unwrap(),
+        "--dlp-rules",
+        rules.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken"),
+        "{out:?}"
+    );
+    let (_, body) = curl(
+        &b.netns,
+        &[
+            "--cacert",
+            ca,
+            "-d",
+            "k=ACME-0123456789ABCDEF",
+            "https://other.example.com/echo",
+        ],
+    );
+    assert!(
+        body.contains("acme-internal-key"),
+        "the previous policy still applies: {body}"
+    );
+}
