@@ -667,10 +667,7 @@ impl Manager {
 
     async fn remove_orphans(&mut self) {
         let ids: BTreeSet<String> = self.bottles.values().map(|b| b.meta.id.clone()).collect();
-        let id_of = |name: &str, prefix: &str| -> Option<String> {
-            name.strip_prefix(prefix)
-                .map(|rest| rest.chars().take(8).collect())
-        };
+        let id_of = |name: &str, prefix: &str| id_from_name(name, prefix);
         for ns in netns::etc_with_prefix(&self.config.netns_prefix) {
             if id_of(&ns, &self.config.netns_prefix).is_some_and(|id| !ids.contains(&id)) {
                 let _ = netns::remove_etc(&ns);
@@ -717,6 +714,51 @@ impl Manager {
     /// Host ifindexes of this agent's bottles (their routes are ours, not conflicts).
     pub fn own_ifindexes(&self) -> Vec<u32> {
         self.bottles.values().map(|b| b.ifindex).collect()
+    }
+}
+
+/// The bottle id in one of this agent's names: `<prefix><8 hex>` or, for a veth peer left in
+/// the host namespace, `<prefix><8 hex>p`. Anything else is not ours, even if it shares the
+/// prefix, and is never touched.
+fn id_from_name(name: &str, prefix: &str) -> Option<String> {
+    let rest = name.strip_prefix(prefix)?;
+    let id = rest.strip_suffix('p').unwrap_or(rest);
+    (id.len() == 8
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_from_name;
+
+    #[test]
+    fn only_exact_generated_names_are_ours() {
+        assert_eq!(
+            id_from_name("btl-0a1b2c3d", "btl-").as_deref(),
+            Some("0a1b2c3d")
+        );
+        assert_eq!(
+            id_from_name("btl-0a1b2c3dp", "btl-").as_deref(),
+            Some("0a1b2c3d")
+        );
+        assert_eq!(
+            id_from_name("bottle-0a1b2c3d", "bottle-").as_deref(),
+            Some("0a1b2c3d")
+        );
+        for foreign in [
+            "btl-inet",
+            "btl-0a1b2c3",
+            "btl-0a1b2c3d4",
+            "btl-0A1B2C3D",
+            "btl-0a1b2c3dx",
+            "bt-0a1b2c3d",
+            "btl-0a1b2c3g",
+        ] {
+            assert_eq!(id_from_name(foreign, "btl-"), None, "{foreign}");
+        }
     }
 }
 
