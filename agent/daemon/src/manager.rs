@@ -308,41 +308,36 @@ impl Manager {
     ) -> Result<Services> {
         let started = std::time::Instant::now();
         let step = |what: &str| debug!(bottle = %meta.name, step = what, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "create");
+        // The namespace is made on its own thread while the veth and datapath are set up:
+        // both spend most of their time waiting on the kernel. The task is always awaited
+        // before returning, so a rollback never races it.
         let netns_name = names.netns.clone();
-        tokio::task::spawn_blocking(move || netns::create(&netns_name)).await??;
-        step("netns");
-        let index = network::create_veth(&self.netlink, &names.host, &names.peer).await?;
-        step("veth");
-        *ifindex = Some(index);
-        // Enforcement first: the programs are attached before either end is up.
-        let ports = self.config.service_ports.clone();
-        let dp = BottleDatapath {
-            ifindex: index,
-            bottle: meta.bottle_address,
-            gateway: meta.gateway_address,
-            frozen: meta.frozen,
-            ports: &ports,
-        };
-        self.datapath.install(&dp)?;
-        self.datapath.attach(&meta.id, &names.host)?;
-        step("datapath");
+        let netns_task = tokio::task::spawn_blocking(move || netns::create(&netns_name));
+        let host_side = self.veth_and_datapath(meta, names, ifindex).await;
+        let netns_made = netns_task.await;
+        host_side?;
+        netns_made??;
+        step("netns, veth, datapath");
+        let index = ifindex.unwrap_or_default();
         network::move_to_netns(&self.netlink, &names.peer, &names.netns).await?;
-        network::configure_host_side(
+        // Each end is configured in its own namespace, concurrently.
+        let (netns_name, peer) = (names.netns.clone(), names.peer.clone());
+        let (bottle, gateway, prefix) =
+            (meta.bottle_address, meta.gateway_address, meta.prefix_len);
+        let inside = tokio::task::spawn_blocking(move || {
+            network::configure_inside(&netns_name, &peer, bottle, gateway, prefix)
+        });
+        let host = network::configure_host_side(
             &self.netlink,
             &names.host,
             index,
             meta.gateway_address,
             meta.prefix_len,
         )
-        .await?;
-        step("host side");
-        let (netns_name, peer) = (names.netns.clone(), names.peer.clone());
-        let (bottle, gateway, prefix) =
-            (meta.bottle_address, meta.gateway_address, meta.prefix_len);
-        tokio::task::spawn_blocking(move || {
-            network::configure_inside(&netns_name, &peer, bottle, gateway, prefix)
-        })
-        .await??;
+        .await;
+        let inside = inside.await;
+        host?;
+        inside??;
         netns::write_resolv_conf(&names.netns, meta.gateway_address).map_err(|source| {
             StateError::Write {
                 path: std::path::Path::new(crate::paths::ETC_NETNS_DIR).join(&names.netns),
@@ -357,6 +352,29 @@ impl Manager {
             Services::start(meta, &self.settings(), stored, Some(compiled), true).await?;
         step("services");
         Ok(services)
+    }
+
+    /// Host side of a create: the veth pair, then the policy and programs, attached before
+    /// either end is up. `ifindex` is set as soon as the veth exists.
+    async fn veth_and_datapath(
+        &mut self,
+        meta: &Metadata,
+        names: &Names,
+        ifindex: &mut Option<u32>,
+    ) -> Result<()> {
+        let index = network::create_veth(&self.netlink, &names.host, &names.peer).await?;
+        *ifindex = Some(index);
+        let ports = self.config.service_ports.clone();
+        let dp = BottleDatapath {
+            ifindex: index,
+            bottle: meta.bottle_address,
+            gateway: meta.gateway_address,
+            frozen: meta.frozen,
+            ports: &ports,
+        };
+        self.datapath.install(&dp)?;
+        self.datapath.attach(&meta.id, &names.host)?;
+        Ok(())
     }
 
     /// Removes whatever exists of a bottle, in an order that never lets traffic through
