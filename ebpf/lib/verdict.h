@@ -7,6 +7,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "maps.h"
+#include "packet.h"
 
 /* tcx and clsact (direct-action) agree on these values. */
 #define VERDICT_PASS TC_ACT_OK
@@ -65,4 +66,47 @@ bottle_lookup(struct __sk_buff *skb, struct bottle_counters **counters, int *ver
 		return NULL;
 	}
 	return policy;
+}
+
+/* Everything below IPv4, common to both directions: ARP passes when its sender is
+ * `arp_sender` (else drops with `arp_reason`), IPv6 and other ethertypes drop. Returns the
+ * IPv4 header to go on with, or NULL with *verdict set. */
+static __always_inline struct iphdr *l2_filter(struct __sk_buff *skb, struct bottle_counters *c,
+					       enum direction dir, __be32 arp_sender,
+					       enum bottle_drop_reason arp_reason, int *verdict)
+{
+	struct ethhdr *eth = PTR_AT(skb, 0, struct ethhdr);
+	struct iphdr *ip;
+
+	if (!eth) {
+		*verdict = drop(c, BOTTLE_DROP_OTHER);
+		return NULL;
+	}
+	switch (eth->h_proto) {
+	case bpf_htons(ETH_P_ARP): {
+		__be32 sender = arp_sender_ip(skb);
+
+		if (!sender)
+			*verdict = drop(c, BOTTLE_DROP_OTHER);
+		else if (sender != arp_sender)
+			*verdict = drop(c, arp_reason);
+		else
+			*verdict = pass(c, dir, skb->len);
+		return NULL;
+	}
+	case bpf_htons(ETH_P_IPV6):
+		*verdict = drop(c, BOTTLE_DROP_IPV6);
+		return NULL;
+	case bpf_htons(ETH_P_IP):
+		break;
+	default:
+		*verdict = drop(c, BOTTLE_DROP_OTHER);
+		return NULL;
+	}
+	ip = PTR_AT(skb, sizeof(*eth), struct iphdr);
+	if (!ip || ip->version != 4 || ip->ihl < 5) {
+		*verdict = drop(c, BOTTLE_DROP_OTHER);
+		return NULL;
+	}
+	return ip;
 }

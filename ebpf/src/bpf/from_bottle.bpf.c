@@ -17,7 +17,6 @@ int from_bottle(struct __sk_buff *skb)
 {
 	struct bottle_counters *c;
 	struct bottle_policy *policy;
-	struct ethhdr *eth;
 	struct iphdr *ip;
 	int verdict = VERDICT_DROP;
 
@@ -25,31 +24,9 @@ int from_bottle(struct __sk_buff *skb)
 	if (!policy)
 		return verdict;
 
-	eth = PTR_AT(skb, 0, struct ethhdr);
-	if (!eth)
-		return drop(c, BOTTLE_DROP_OTHER);
-
-	switch (eth->h_proto) {
-	case bpf_htons(ETH_P_ARP): {
-		__be32 sender = arp_sender_ip(skb);
-
-		if (!sender)
-			return drop(c, BOTTLE_DROP_OTHER);
-		if (sender != policy->bottle_addr)
-			return drop(c, BOTTLE_DROP_SPOOFED);
-		return pass(c, FROM_BOTTLE, skb->len);
-	}
-	case bpf_htons(ETH_P_IPV6):
-		return drop(c, BOTTLE_DROP_IPV6);
-	case bpf_htons(ETH_P_IP):
-		break;
-	default:
-		return drop(c, BOTTLE_DROP_OTHER);
-	}
-
-	ip = PTR_AT(skb, sizeof(*eth), struct iphdr);
-	if (!ip || ip->version != 4 || ip->ihl < 5)
-		return drop(c, BOTTLE_DROP_OTHER);
+	ip = l2_filter(skb, c, FROM_BOTTLE, policy->bottle_addr, BOTTLE_DROP_SPOOFED, &verdict);
+	if (!ip)
+		return verdict;
 	if (ip->saddr != policy->bottle_addr)
 		return drop(c, BOTTLE_DROP_SPOOFED);
 	if (ip->daddr != policy->gateway_addr)
@@ -58,7 +35,7 @@ int from_bottle(struct __sk_buff *skb)
 	if (ip->frag_off & bpf_htons(IP_FRAGMENT_MASK))
 		return drop(c, BOTTLE_DROP_OTHER);
 
-	__u32 l4_off = sizeof(*eth) + ip->ihl * 4;
+	__u32 l4_off = sizeof(struct ethhdr) + ip->ihl * 4;
 
 	switch (ip->protocol) {
 	case IPPROTO_TCP:

@@ -16,7 +16,6 @@ int to_bottle(struct __sk_buff *skb)
 {
 	struct bottle_counters *c;
 	struct bottle_policy *policy;
-	struct ethhdr *eth;
 	struct iphdr *ip;
 	int verdict = VERDICT_DROP;
 
@@ -24,31 +23,9 @@ int to_bottle(struct __sk_buff *skb)
 	if (!policy)
 		return verdict;
 
-	eth = PTR_AT(skb, 0, struct ethhdr);
-	if (!eth)
-		return drop(c, BOTTLE_DROP_OTHER);
-
-	switch (eth->h_proto) {
-	case bpf_htons(ETH_P_ARP): {
-		__be32 sender = arp_sender_ip(skb);
-
-		if (!sender)
-			return drop(c, BOTTLE_DROP_OTHER);
-		if (sender != policy->gateway_addr)
-			return drop(c, BOTTLE_DROP_NOT_GATEWAY);
-		return pass(c, TO_BOTTLE, skb->len);
-	}
-	case bpf_htons(ETH_P_IPV6):
-		return drop(c, BOTTLE_DROP_IPV6);
-	case bpf_htons(ETH_P_IP):
-		break;
-	default:
-		return drop(c, BOTTLE_DROP_OTHER);
-	}
-
-	ip = PTR_AT(skb, sizeof(*eth), struct iphdr);
-	if (!ip || ip->version != 4 || ip->ihl < 5)
-		return drop(c, BOTTLE_DROP_OTHER);
+	ip = l2_filter(skb, c, TO_BOTTLE, policy->gateway_addr, BOTTLE_DROP_NOT_GATEWAY, &verdict);
+	if (!ip)
+		return verdict;
 	if (ip->saddr != policy->gateway_addr)
 		return drop(c, BOTTLE_DROP_NOT_GATEWAY);
 	if (ip->daddr != policy->bottle_addr)
