@@ -12,6 +12,8 @@ use anyhow::{bail, Context, Result};
 pub struct PrivateAgent {
     pub dir: PathBuf,
     pub pin_root: PathBuf,
+    netns_prefix: String,
+    veth_prefix: String,
     child: Child,
 }
 
@@ -44,6 +46,8 @@ impl PrivateAgent {
         let mut agent = Self {
             dir,
             pin_root,
+            netns_prefix,
+            veth_prefix,
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -105,6 +109,22 @@ impl PrivateAgent {
         Ok(())
     }
 
+    /// Runs the real `bottle` client against this agent with extra environment (token values
+    /// for `--egress`), quietly; returns stdout.
+    pub fn client_env(&self, args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+        let bin = PathBuf::from(crate::sh::bin_dir(true)?).join("bottle");
+        let mut cmd = Command::new(bin);
+        cmd.args(args).env("BOTTLE_HOST", self.socket());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!("bottle {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs the real `bottle` client against this agent, printing the command and output.
     pub fn client(&self, args: &[&str]) -> Result<String> {
         let bin = PathBuf::from(crate::sh::bin_dir(true)?).join("bottle");
@@ -136,6 +156,33 @@ impl Drop for PrivateAgent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Whatever the agent could not remove (it was gone, say after Ctrl-C reached it too):
+        // only names with this agent's private prefixes.
+        for (dir, prefix) in [
+            ("/run/netns", &self.netns_prefix),
+            ("/sys/class/net", &self.veth_prefix),
+        ] {
+            let names: Vec<String> = std::fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .filter(|n| n.starts_with(prefix.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for name in names {
+                let what = if dir == "/run/netns" {
+                    let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&name));
+                    "netns"
+                } else {
+                    "link"
+                };
+                let _ = Command::new("ip")
+                    .args([what, "del", &name])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.pin_root);
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -8,10 +8,38 @@ use anyhow::{bail, Context, Result};
 
 use crate::agent::{netns_exec, PrivateAgent};
 
+mod peers;
+mod process;
+pub mod proxy;
+
+/// The benchmarks `run` knows, besides `all`.
+const NAMES: &[&str] = &["datapath", "proxy"];
+
+/// Refuses an unknown benchmark name before anything is installed or built.
+pub fn check_name(which: &str) -> Result<()> {
+    if which == "all" || NAMES.contains(&which) {
+        return Ok(());
+    }
+    bail!(
+        "unknown benchmark {which:?}; available: {}, all",
+        NAMES.join(", ")
+    )
+}
+
+pub fn includes_proxy(which: &str) -> bool {
+    matches!(which, "proxy" | "all")
+}
+
 pub fn run(which: &str) -> Result<()> {
+    check_name(which)?;
     match which {
         "datapath" => datapath(),
-        other => bail!("unknown benchmark {other:?}; available: datapath"),
+        "proxy" => proxy::run(),
+        _ => {
+            datapath()?;
+            println!();
+            proxy::run()
+        }
     }
 }
 

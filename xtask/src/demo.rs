@@ -1,38 +1,173 @@
-//! The demo: one bottle, one allowed and one blocked connection from inside it, its stats.
+//! The demo: a bottle whose only way out is the agent's egress proxy. From inside it, an
+//! HTTPS request to an allowed host succeeds with a credential the bottle never held; a
+//! host outside the policy does not even resolve; a direct connection is dropped by the
+//! kernel; a leaked key is stopped by DLP. The "internet" is a namespace the demo makes,
+//! running our test upstream, so nothing leaves this machine.
 
-use std::io::Write;
-use std::net::TcpListener;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
 use crate::agent::{netns_exec, PrivateAgent};
 
+const TOKEN_VAR: &str = "DEMO_API_TOKEN";
+const TOKEN: &str = "demo-real-token-5f2c9a7e41";
+
 fn step(text: &str) {
     println!("\n== {text}");
 }
 
-/// Tries a TCP connection from inside the bottle with bash's /dev/tcp; prints what it read.
-fn try_connect(netns: &str, ip: &str, port: u16) -> Result<bool> {
-    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && head -c 64 <&3");
-    let (ok, out) = netns_exec(netns, &["timeout", "3", "bash", "-c", &script])?;
+/// A namespace standing in for the internet, with the test upstream on 10.213.250.2.
+struct DemoInternet {
+    netns: &'static str,
+    host_if: &'static str,
+    dir: PathBuf,
+    server: Option<Child>,
+}
+
+impl DemoInternet {
+    const ADDR: &'static str = "10.213.250.2";
+
+    fn start(bin: &Path) -> Result<Self> {
+        let mut net = Self {
+            // Names and addresses clear of the agent's prefixes and pool.
+            netns: "demo-internet",
+            host_if: "demoinet0",
+            dir: std::env::temp_dir().join(format!("bottle-demo-inet-{}", std::process::id())),
+            server: None,
+        };
+        net.stop_leftovers();
+        let run = |args: &[&str]| -> Result<()> {
+            let out = Command::new(args[0]).args(&args[1..]).output()?;
+            if !out.status.success() {
+                bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        run(&["ip", "netns", "add", net.netns])?;
+        run(&[
+            "ip",
+            "link",
+            "add",
+            net.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            net.netns,
+        ])?;
+        run(&["ip", "addr", "add", "10.213.250.1/30", "dev", net.host_if])?;
+        run(&["ip", "link", "set", net.host_if, "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            net.netns,
+            "addr",
+            "add",
+            "10.213.250.2/30",
+            "dev",
+            "eth0",
+        ])?;
+        run(&["ip", "-n", net.netns, "link", "set", "eth0", "up"])?;
+        // Traffic for the stand-in internet must go through its veth and nowhere else.
+        let route = Command::new("ip")
+            .args(["route", "get", Self::ADDR])
+            .output()?;
+        if !String::from_utf8_lossy(&route.stdout).contains(net.host_if) {
+            bail!(
+                "{} is not routed through {}; refusing to run",
+                Self::ADDR,
+                net.host_if
+            );
+        }
+        std::fs::create_dir_all(&net.dir)?;
+        let dir = net.dir.display().to_string();
+        run(&[
+            &bin.join("bottle-test-ca").display().to_string(),
+            &dir,
+            "api.example.com",
+        ])?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", net.netns])
+            .arg(bin.join("bottle-test-upstream"))
+            .args(["--listen", "10.213.250.2:443", "--tls"])
+            .arg(net.dir.join("api.example.com.pem"))
+            .arg(net.dir.join("api.example.com.key"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut ready = [0u8; 5];
+        child
+            .stdout
+            .take()
+            .context("upstream stdout")?
+            .read_exact(&mut ready)
+            .context("upstream did not start")?;
+        net.server = Some(child);
+        Ok(net)
+    }
+
+    fn stop_leftovers(&self) {
+        for args in [
+            ["ip", "link", "del", self.host_if],
+            ["ip", "netns", "del", self.netns],
+        ] {
+            let _ = Command::new(args[0])
+                .args(&args[1..])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+}
+
+impl Drop for DemoInternet {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.stop_leftovers();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// curl inside the bottle; prints the command and a short view of the answer.
+fn curl(netns: &str, args: &[&str]) -> Result<(bool, String)> {
+    let mut full = vec!["curl", "-sS", "--max-time", "5"];
+    full.extend_from_slice(args);
+    println!("  (in the bottle) $ {}", full.join(" "));
+    let (ok, out) = netns_exec(netns, &full)?;
+    let shown: String = out.trim().chars().take(160).collect();
     println!(
-        "  {ip}:{port} -> {}{}",
-        if ok { "connected" } else { "blocked" },
-        if ok {
-            format!(", read {:?}", out.trim())
+        "    -> {}",
+        if shown.is_empty() {
+            "(nothing)".into()
         } else {
-            String::new()
+            shown
         }
     );
-    Ok(ok)
+    Ok((ok, out))
 }
 
 pub fn run() -> Result<()> {
-    step("starting a private bottle-agent");
+    let bin = PathBuf::from(crate::sh::bin_dir(true)?);
+
+    step("a stand-in internet: a namespace with an HTTPS server for api.example.com");
+    let internet = DemoInternet::start(&bin)?;
+
+    step("starting a private bottle-agent (trusting that server's CA for upstreams)");
     let agent = PrivateAgent::start(
         "demo",
-        "10.213.240.0/20",
-        "service_ports = [\"udp/53\", \"tcp/53\", \"tcp/80\", \"tcp/443\", \"tcp/3128\"]",
+        "10.213.240.0/24",
+        &format!("upstream_ca_files = [\"{}\"]", internet.ca().display()),
     )?;
     println!(
         "  agent pid {} on {}",
@@ -40,42 +175,86 @@ pub fn run() -> Result<()> {
         agent.socket().display()
     );
 
-    step("creating bottles");
-    agent.client(&["create", "--name", "demo"])?;
-    agent.client(&["create", "--name", "neighbour"])?;
-    let demo = agent.create_info("demo")?;
-    let neighbour = agent.create_info("neighbour")?;
+    step("an egress policy: one host, one path prefix, a token injected by the proxy");
+    let policy = format!(
+        "egress:\n  routes:\n    - host: api.example.com\n      path_allowlist: [\"/echo\"]\n      auth: {{scheme: Bearer, token_ref: {TOKEN_VAR}}}\n      connect_to: \"{addr}:443\"\n      pipelock: {{ssrf_ip_allowlist: [\"{addr}/32\"]}}\n",
+        addr = DemoInternet::ADDR
+    );
+    print!("{policy}");
+    let policy_file = agent.dir.join("egress.yaml");
+    std::fs::write(&policy_file, &policy)?;
+    std::env::set_var(TOKEN_VAR, TOKEN);
+    agent.client(&[
+        "create",
+        "--name",
+        "demo",
+        "--egress",
+        &policy_file.display().to_string(),
+    ])?;
+    std::env::remove_var(TOKEN_VAR);
     agent.client(&["inspect", "demo"])?;
-
-    step("a service on the gateway's port 443 (a stand-in listener here; the egress proxy takes this port)");
-    let gw = demo["gateway_address"]
-        .as_str()
-        .context("no gateway")?
-        .to_string();
-    let listener = TcpListener::bind(format!("{gw}:443")).context("bind gateway:443")?;
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            let _ = conn.write_all(b"hello from the gateway\n");
-        }
-    });
+    let info = agent.create_info("demo")?;
+    let netns = info["netns"].as_str().context("netns")?.to_string();
+    let ca = agent.dir.join("demo-ca.pem");
+    std::fs::write(&ca, agent.client_quiet(&["ca", "demo"])?)?;
 
     step("from inside the bottle");
-    let netns = demo["netns"].as_str().context("no netns")?;
-    let allowed = try_connect(netns, &gw, 443)?;
-    let denied_port = try_connect(netns, &gw, 22)?;
-    let other = neighbour["bottle_address"].as_str().context("no address")?;
-    let other_bottle = try_connect(netns, other, 443)?;
-    if !allowed || denied_port || other_bottle {
-        bail!("the datapath did not behave: allowed={allowed} denied_port={denied_port} other_bottle={other_bottle}");
+    let ca_arg = ca.display().to_string();
+    let (ok, body) = curl(
+        &netns,
+        &[
+            "--cacert",
+            &ca_arg,
+            "-H",
+            "Authorization: Bearer what-the-bottle-has",
+            "https://api.example.com/echo/hello",
+        ],
+    )?;
+    let injected = body.contains(&format!("Bearer {TOKEN}"));
+    println!(
+        "  allowed: {ok}; the upstream saw the real token, which the bottle never held: {injected}"
+    );
+    let (path_ok, body) = curl(
+        &netns,
+        &["--cacert", &ca_arg, "https://api.example.com/admin"],
+    )?;
+    let path_refused = path_ok && body.contains("path_not_allowed");
+    let (dns_ok, _) = curl(&netns, &["--cacert", &ca_arg, "https://example.org/"])?;
+    println!("  example.org resolves: {dns_ok}");
+    let direct = format!("exec 3<>/dev/tcp/{}/443", DemoInternet::ADDR);
+    let (direct_ok, _) = netns_exec(&netns, &["timeout", "3", "bash", "-c", &direct])?;
+    println!(
+        "  (in the bottle) $ bash -c '{direct}'\n    -> {}",
+        if direct_ok {
+            "connected"
+        } else {
+            "blocked by the kernel datapath"
+        }
+    );
+    let (_, body) = curl(
+        &netns,
+        &[
+            "--cacert",
+            &ca_arg,
+            "-d",
+            "aws_access_key_id=AKIAIOSFODNN7EXAMPLE",
+            "https://api.example.com/echo/upload",
+        ],
+    )?;
+    let dlp = body.contains("aws-access-key-id");
+    if !(ok && injected && path_refused && !dns_ok && !direct_ok && dlp) {
+        bail!("the bottle did not behave: allowed={ok} injected={injected} path_refused={path_refused} resolved_outside={dns_ok} direct={direct_ok} dlp={dlp}");
     }
 
-    step("what the kernel counted");
+    step("what the kernel and the proxy counted");
     agent.client(&["stats", "demo"])?;
+    step("the audit log (no secret in it)");
+    agent.client(&["logs", "--net", "demo"])?;
 
     step("cleaning up");
     agent.client(&["rm", "demo"])?;
-    agent.client(&["rm", "neighbour"])?;
     drop(agent);
+    drop(internet);
     println!("  done: no namespace, veth, pin or state left");
     Ok(())
 }
@@ -88,5 +267,18 @@ impl PrivateAgent {
             bail!("inspect {name}: HTTP {status}: {body}");
         }
         Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Runs the client without printing.
+    pub fn client_quiet(&self, args: &[&str]) -> Result<String> {
+        let bin = PathBuf::from(crate::sh::bin_dir(true)?).join("bottle");
+        let out = Command::new(bin)
+            .args(args)
+            .env("BOTTLE_HOST", self.socket())
+            .output()?;
+        if !out.status.success() {
+            bail!("bottle {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }

@@ -5,10 +5,12 @@
 //!   connection from inside it and its stats, then cleans up
 //! - `test`  unit tests, then the privileged end-to-end tests (as root; sudo when not root)
 //! - `bench` measurements side by side, printed as Markdown for docs/benchmarks.md
+//! - `images` builds the small test image (busybox, curl, git) offline under target/images
 
 mod agent;
 mod bench;
 mod demo;
+mod images;
 mod sh;
 
 use anyhow::Result;
@@ -34,9 +36,15 @@ enum Cmd {
     },
     /// Measure; prints Markdown tables with ratios.
     Bench {
-        /// Which benchmark: datapath (more come with later issues).
+        /// Which benchmark: datapath, proxy, or all.
         #[arg(default_value = "datapath")]
         which: String,
+    },
+    /// Build the test image (OCI layout and docker-save tarball) under target/images.
+    Images {
+        /// Busybox only: leave out the host's curl and git.
+        #[arg(long)]
+        minimal: bool,
     },
     /// Internal: the part of `demo` that needs root.
     #[command(hide = true)]
@@ -53,16 +61,28 @@ fn main() -> Result<()> {
         Cmd::Demo => {
             sh::deps()?;
             sh::build_bins(true)?;
+            // The demo's stand-in internet runs the test upstream.
+            sh::cargo(&["build", "--release", "-p", "bottle-tests", "--bins"])?;
             sh::run_privileged(&["demo-privileged"])
         }
         Cmd::DemoPrivileged => demo::run(),
         Cmd::Test { filter } => test(filter),
         Cmd::Bench { which } => {
+            bench::check_name(&which)?;
             sh::deps()?;
             sh::build_bins(true)?;
-            sh::run_privileged(&["bench-privileged", &which])
+            // The proxy bench's tools and peers are prepared as the calling user, so what it
+            // puts under target/ stays theirs; why a peer is missing travels in the environment.
+            let env = if bench::includes_proxy(&which) {
+                bench::proxy::prepare()?
+            } else {
+                Vec::new()
+            };
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            sh::run_privileged_env(&["bench-privileged", &which], &env)
         }
         Cmd::BenchPrivileged { which } => bench::run(&which),
+        Cmd::Images { minimal } => images::run(minimal),
     }
 }
 

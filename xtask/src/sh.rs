@@ -18,7 +18,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/bpftool", "bpftool"),
     ("/usr/bin/iperf3", "iperf3"),
     ("/usr/sbin/sysctl", "procps"),
+    ("/usr/bin/curl", "curl"),
 ];
+
+/// Debian packages only `cargo xtask bench proxy` needs (never installed by `deps` or `test`).
+const BENCH_PACKAGES: &[(&str, &str)] = &[("/usr/bin/wrk", "wrk"), ("/usr/bin/curl", "curl")];
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -38,7 +42,16 @@ fn status(cmd: &mut Command) -> Result<()> {
 
 /// Installs whatever is missing from [`PACKAGES`].
 pub fn deps() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_missing(PACKAGES)
+}
+
+/// Installs whatever is missing from [`BENCH_PACKAGES`].
+pub fn bench_deps() -> Result<()> {
+    install_missing(BENCH_PACKAGES)
+}
+
+fn install_missing(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(path, _)| !std::path::Path::new(path).exists())
         .map(|(_, pkg)| *pkg)
@@ -46,7 +59,12 @@ pub fn deps() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing {}", missing.join(" "));
+    apt_install(&missing)
+}
+
+/// `apt-get update` then `apt-get install` of `packages` (with sudo when not root).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    eprintln!("xtask: installing {}", packages.join(" "));
     let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
     let apt = |args: &[&str]| {
         let mut full: Vec<&str> = sudo.to_vec();
@@ -58,7 +76,7 @@ pub fn deps() -> Result<()> {
     };
     apt(&["update", "-q"])?;
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
-    install.extend(missing);
+    install.extend_from_slice(packages);
     apt(&install)
 }
 
@@ -125,16 +143,20 @@ pub fn build_bins(release: bool) -> Result<()> {
     cargo(&args)
 }
 
-/// target/<profile> of this workspace.
-pub fn bin_dir(release: bool) -> Result<String> {
+/// The workspace's target directory (`CARGO_TARGET_DIR` or `<workspace>/target`).
+pub fn target_dir() -> Result<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("xtask has no parent directory")?
         .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    Ok(std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let dir = target.join(if release { "release" } else { "debug" });
+        .unwrap_or_else(|| root.join("target")))
+}
+
+/// target/<profile> of this workspace.
+pub fn bin_dir(release: bool) -> Result<String> {
+    let dir = target_dir()?.join(if release { "release" } else { "debug" });
     Ok(dir.to_string_lossy().into_owned())
 }
 
@@ -213,9 +235,14 @@ pub fn run_as_root(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
 
 /// Re-runs this xtask binary with `args`, as root.
 pub fn run_privileged(args: &[&str]) -> Result<()> {
+    run_privileged_env(args, &[])
+}
+
+/// [`run_privileged`] with extra environment passed along.
+pub fn run_privileged_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let me = std::env::current_exe().context("cannot find the xtask binary")?;
     let me = me.to_string_lossy().into_owned();
     let mut full = vec![me.as_str()];
     full.extend_from_slice(args);
-    run_as_root(&full, &[])
+    run_as_root(&full, env)
 }
