@@ -523,6 +523,13 @@ impl Manager {
     ) -> Result<(Vec<u8>, u64, u64)> {
         use std::io::{Read, Seek, SeekFrom};
         let bottle = self.visible(caller, name)?;
+        // Lines are written by a background thread; let it catch up (bounded).
+        if let Some(services) = &bottle.services {
+            services
+                .ctx
+                .audit
+                .flush(std::time::Duration::from_millis(500));
+        }
         let path = state::bottle_dir(&self.config.state_dir, &bottle.meta.id)
             .join(bottle_proxy::audit::AUDIT_FILE);
         let Ok(mut file) = std::fs::File::open(&path) else {

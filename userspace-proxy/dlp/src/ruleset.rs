@@ -1,7 +1,7 @@
 //! The compiled, immutable rule set and its builder.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::exact::{ExactSecrets, SecretError, SecretsBuilder};
 use crate::finding::{redacted_preview, LineIndex, TextFinding};
@@ -85,60 +85,94 @@ impl RuleSetBuilder {
         Ok(())
     }
 
-    /// Compiles everything into an immutable [`RuleSet`].
+    /// Compiles everything into an immutable [`RuleSet`]. The pattern part of a set made of
+    /// the built-in rules alone is compiled once per process and shared: a host with a
+    /// hundred bottles holds one copy, not a hundred, and building a bottle's set costs only
+    /// its secrets.
     pub fn build(self) -> Result<RuleSet, DlpError> {
-        let mut all = if self.builtins {
-            compile_builtins()?
-        } else {
-            Vec::new()
-        };
-        all.extend(self.rules);
-
-        // Later definitions replace earlier ones, keeping the first position.
-        let mut rules: Vec<Rule> = Vec::with_capacity(all.len());
-        let mut position: HashMap<String, usize> = HashMap::new();
-        for rule in all {
-            match position.get(&rule.id) {
-                Some(&i) => {
-                    if let Some(slot) = rules.get_mut(i) {
-                        *slot = rule;
-                    }
-                }
+        let builtin_only = self.builtins
+            && self.rules.is_empty()
+            && self.global_allowlists.is_empty()
+            && self.targeted_allowlists.is_empty();
+        let secrets = self.secrets.build();
+        let patterns = if builtin_only {
+            static BUILTIN: OnceLock<Arc<Patterns>> = OnceLock::new();
+            match BUILTIN.get() {
+                Some(p) => p.clone(),
                 None => {
-                    position.insert(rule.id.clone(), rules.len());
-                    rules.push(rule);
+                    let compiled =
+                        Arc::new(compile_patterns(true, Vec::new(), Vec::new(), Vec::new())?);
+                    BUILTIN.get_or_init(|| compiled).clone()
                 }
             }
-        }
-        for (rule_id, origin, allowlist) in self.targeted_allowlists {
-            match position.get(&rule_id).and_then(|&i| rules.get_mut(i)) {
-                Some(rule) => rule.allowlists.push(allowlist),
-                None => return Err(DlpError::UnknownAllowlistTarget { rule_id, origin }),
-            }
-        }
-
-        let keywords = KeywordFinder::build(&rules)?;
-        let keywordless = rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.keywords.is_empty())
-            .map(|(i, _)| i)
-            .collect();
-        let max_reach = rules.iter().map(|r| r.reach as u64).max().unwrap_or(0);
-        Ok(RuleSet {
-            rules,
-            keywords,
-            keywordless,
-            max_reach,
-            global_allowlists: self.global_allowlists,
-            secrets: self.secrets.build(),
-        })
+        } else {
+            Arc::new(compile_patterns(
+                self.builtins,
+                self.rules,
+                self.global_allowlists,
+                self.targeted_allowlists,
+            )?)
+        };
+        Ok(RuleSet { patterns, secrets })
     }
 }
 
-/// Compiled rules and secrets. Immutable, `Send + Sync`; share it with
-/// `Arc`. All scans are independent.
-pub struct RuleSet {
+fn compile_patterns(
+    builtins: bool,
+    user_rules: Vec<Rule>,
+    global_allowlists: Vec<Allowlist>,
+    targeted_allowlists: Vec<(String, String, Allowlist)>,
+) -> Result<Patterns, DlpError> {
+    let mut all = if builtins {
+        compile_builtins()?
+    } else {
+        Vec::new()
+    };
+    all.extend(user_rules);
+
+    // Later definitions replace earlier ones, keeping the first position.
+    let mut rules: Vec<Rule> = Vec::with_capacity(all.len());
+    let mut position: HashMap<String, usize> = HashMap::new();
+    for rule in all {
+        match position.get(&rule.id) {
+            Some(&i) => {
+                if let Some(slot) = rules.get_mut(i) {
+                    *slot = rule;
+                }
+            }
+            None => {
+                position.insert(rule.id.clone(), rules.len());
+                rules.push(rule);
+            }
+        }
+    }
+    for (rule_id, origin, allowlist) in targeted_allowlists {
+        match position.get(&rule_id).and_then(|&i| rules.get_mut(i)) {
+            Some(rule) => rule.allowlists.push(allowlist),
+            None => return Err(DlpError::UnknownAllowlistTarget { rule_id, origin }),
+        }
+    }
+
+    let keywords = KeywordFinder::build(&rules)?;
+    let keywordless = rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.keywords.is_empty())
+        .map(|(i, _)| i)
+        .collect();
+    let max_reach = rules.iter().map(|r| r.reach as u64).max().unwrap_or(0);
+    Ok(Patterns {
+        rules,
+        keywords,
+        keywordless,
+        max_reach,
+        global_allowlists,
+    })
+}
+
+/// The pattern half of a [`RuleSet`]: compiled rules and their keyword pre-filter.
+/// Immutable, and shared between rule sets (see [`RuleSetBuilder::build`]).
+pub struct Patterns {
     pub(crate) rules: Vec<Rule>,
     pub(crate) keywords: Option<KeywordFinder>,
     /// Indexes of rules without keywords (scanned segment by segment).
@@ -146,7 +180,21 @@ pub struct RuleSet {
     /// Largest rule reach.
     pub(crate) max_reach: u64,
     pub(crate) global_allowlists: Vec<Allowlist>,
+}
+
+/// Compiled rules and secrets. Immutable, `Send + Sync`; share it with
+/// `Arc`. All scans are independent.
+pub struct RuleSet {
+    pub(crate) patterns: Arc<Patterns>,
     pub(crate) secrets: ExactSecrets,
+}
+
+impl std::ops::Deref for RuleSet {
+    type Target = Patterns;
+
+    fn deref(&self) -> &Patterns {
+        &self.patterns
+    }
 }
 
 impl std::fmt::Debug for RuleSet {

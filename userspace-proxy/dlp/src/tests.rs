@@ -637,3 +637,37 @@ fn zstd_windows_over_8_mib_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn builtin_patterns_are_compiled_once_and_shared_secrets_are_not() {
+    use std::sync::Arc;
+    let mut a = RuleSetBuilder::new().with_builtin_rules();
+    a.add_secret("a", b"only-in-set-a-123").unwrap();
+    let a = a.build().unwrap();
+    let b = RuleSetBuilder::new().with_builtin_rules().build().unwrap();
+    assert!(
+        Arc::ptr_eq(&a.patterns, &b.patterns),
+        "built-in patterns shared"
+    );
+    assert!(!a.scan(b"x only-in-set-a-123 y").is_empty());
+    assert!(
+        b.scan(b"x only-in-set-a-123 y").is_empty(),
+        "secrets stay per set"
+    );
+    let mut c = RuleSetBuilder::new().with_builtin_rules();
+    c.add_gitleaks_toml(
+        "[[rules]]\nid = \"x\"\nregex = '''XQZ-[0-9]{8}'''\nkeywords = [\"xqz-\"]\n",
+        "t",
+    )
+    .unwrap();
+    let c = c.build().unwrap();
+    assert!(
+        !Arc::ptr_eq(&a.patterns, &c.patterns),
+        "user rules get their own"
+    );
+    assert!(!c.scan(b"XQZ-12345678").is_empty());
+    assert!(
+        !c.scan(b"AKIAIOSFODNN7EXAMPLE").is_empty(),
+        "and keep the built-ins"
+    );
+}
