@@ -308,24 +308,18 @@ impl Manager {
     ) -> Result<Services> {
         let started = std::time::Instant::now();
         let step = |what: &str| debug!(bottle = %meta.name, step = what, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "create");
-        // The namespace is made on its own thread while the veth and datapath are set up:
-        // both spend most of their time waiting on the kernel. The task is always awaited
-        // before returning, so a rollback never races it.
         let netns_name = names.netns.clone();
-        let netns_task = tokio::task::spawn_blocking(move || netns::create(&netns_name));
-        let host_side = self.veth_and_datapath(meta, names, ifindex).await;
-        let netns_made = netns_task.await;
-        host_side?;
-        netns_made??;
-        step("netns, veth, datapath");
+        tokio::task::spawn_blocking(move || netns::create(&netns_name)).await??;
+        step("netns");
+        self.veth_and_datapath(meta, names, ifindex).await?;
+        step("veth, datapath");
         let index = ifindex.unwrap_or_default();
-        network::move_to_netns(&self.netlink, &names.peer, &names.netns).await?;
         // Each end is configured in its own namespace, concurrently.
-        let (netns_name, peer) = (names.netns.clone(), names.peer.clone());
+        let netns_name = names.netns.clone();
         let (bottle, gateway, prefix) =
             (meta.bottle_address, meta.gateway_address, meta.prefix_len);
         let inside = tokio::task::spawn_blocking(move || {
-            network::configure_inside(&netns_name, &peer, bottle, gateway, prefix)
+            network::configure_inside(&netns_name, bottle, gateway, prefix)
         });
         let host = network::configure_host_side(
             &self.netlink,
@@ -354,16 +348,18 @@ impl Manager {
         Ok(services)
     }
 
-    /// Host side of a create: the veth pair, then the policy and programs, attached before
-    /// either end is up. `ifindex` is set as soon as the veth exists.
+    /// The veth pair (peer created inside the namespace), then the policy and programs,
+    /// attached before either end is up. `ifindex` is set as soon as the veth exists.
     async fn veth_and_datapath(
         &mut self,
         meta: &Metadata,
         names: &Names,
         ifindex: &mut Option<u32>,
     ) -> Result<()> {
-        let index = network::create_veth(&self.netlink, &names.host, &names.peer).await?;
+        let t = std::time::Instant::now();
+        let index = network::create_veth_into(&self.netlink, &names.host, &names.netns).await?;
         *ifindex = Some(index);
+        debug!(bottle = %meta.name, veth_us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX), "veth made");
         let ports = self.config.service_ports.clone();
         let dp = BottleDatapath {
             ifindex: index,
@@ -372,8 +368,11 @@ impl Manager {
             frozen: meta.frozen,
             ports: &ports,
         };
+        let t = std::time::Instant::now();
         self.datapath.install(&dp)?;
+        let installed = t.elapsed();
         self.datapath.attach(&meta.id, &names.host)?;
+        debug!(bottle = %meta.name, install_us = u64::try_from(installed.as_micros()).unwrap_or(u64::MAX), attach_us = u64::try_from((t.elapsed() - installed).as_micros()).unwrap_or(u64::MAX), "datapath attached");
         Ok(())
     }
 
@@ -755,6 +754,28 @@ fn id_from_name(name: &str, prefix: &str) -> Option<String> {
     .then(|| id.to_string())
 }
 
+fn kernel_counters(c: &BottleCounters) -> KernelCounters {
+    KernelCounters {
+        from_bottle: Traffic {
+            packets: c.from_bottle_packets,
+            bytes: c.from_bottle_bytes,
+        },
+        to_bottle: Traffic {
+            packets: c.to_bottle_packets,
+            bytes: c.to_bottle_bytes,
+        },
+        drops: Drops {
+            spoofed: c.drop_count(DropReason::Spoofed),
+            not_gateway: c.drop_count(DropReason::NotGateway),
+            port_denied: c.drop_count(DropReason::PortDenied),
+            ipv6: c.drop_count(DropReason::Ipv6),
+            frozen: c.drop_count(DropReason::Frozen),
+            kill_switch: c.drop_count(DropReason::KillSwitch),
+            other: c.drop_count(DropReason::Other),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::id_from_name;
@@ -784,27 +805,5 @@ mod tests {
         ] {
             assert_eq!(id_from_name(foreign, "btl-"), None, "{foreign}");
         }
-    }
-}
-
-fn kernel_counters(c: &BottleCounters) -> KernelCounters {
-    KernelCounters {
-        from_bottle: Traffic {
-            packets: c.from_bottle_packets,
-            bytes: c.from_bottle_bytes,
-        },
-        to_bottle: Traffic {
-            packets: c.to_bottle_packets,
-            bytes: c.to_bottle_bytes,
-        },
-        drops: Drops {
-            spoofed: c.drop_count(DropReason::Spoofed),
-            not_gateway: c.drop_count(DropReason::NotGateway),
-            port_denied: c.drop_count(DropReason::PortDenied),
-            ipv6: c.drop_count(DropReason::Ipv6),
-            frozen: c.drop_count(DropReason::Frozen),
-            kill_switch: c.drop_count(DropReason::KillSwitch),
-            other: c.drop_count(DropReason::Other),
-        },
     }
 }
