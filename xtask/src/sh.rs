@@ -214,23 +214,7 @@ pub fn root_command(args: &[&str], env: &[(&str, &str)]) -> Command {
 /// Runs a command as root: directly when root, else through sudo. CI's BOTTLE_PRIVILEGED_TESTS
 /// is passed along so a missing privilege fails rather than skips.
 pub fn run_as_root(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
-    let mut full: Vec<String> = Vec::new();
-    if !is_root() {
-        full.extend(["sudo".into(), "env".into()]);
-        for (k, v) in env {
-            full.push(format!("{k}={v}"));
-        }
-        if let Ok(v) = std::env::var("BOTTLE_PRIVILEGED_TESTS") {
-            full.push(format!("BOTTLE_PRIVILEGED_TESTS={v}"));
-        }
-    }
-    full.extend(args.iter().map(|s| s.to_string()));
-    let mut cmd = Command::new(&full[0]);
-    cmd.args(&full[1..]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    status(&mut cmd)
+    status(&mut root_command(args, env))
 }
 
 /// Re-runs this xtask binary with `args`, as root.
