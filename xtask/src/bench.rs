@@ -193,8 +193,9 @@ impl PlainPair {
             }
             Ok(())
         };
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
-        let _ = Command::new("ip").args(["link", "del", &host_if]).status();
+        for args in [["netns", "del", name], ["link", "del", host_if.as_str()]] {
+            let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+        }
         let pair = Self {
             netns: name.to_string(),
             gateway: gateway.to_string(),
