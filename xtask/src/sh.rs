@@ -19,6 +19,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/iperf3", "iperf3"),
     ("/usr/sbin/sysctl", "procps"),
     ("/usr/bin/curl", "curl"),
+    // The launcher's tests run real containers.
+    ("/usr/sbin/runc", "runc"),
+    ("/bin/busybox", "busybox-static"),
 ];
 
 /// Debian packages only `cargo xtask bench proxy` needs (never installed by `deps` or `test`).
