@@ -1,6 +1,7 @@
 //! `bottle`: the client for `bottle-agent`. Talks JSON over the agent's Unix socket; carries
 //! no Linux-only dependency so it builds for macOS too.
 
+mod agents;
 mod http;
 mod output;
 
@@ -55,6 +56,12 @@ enum Command {
     },
     /// Print the bottle's CA certificate (PEM).
     Ca { name: String },
+    /// List the agents and bottles in your manifests (BOTTLE_HOME, else ~/.bot-bottle, and
+    /// ./.bot-bottle/agents), with every error; exits 1 when any manifest has one.
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
     /// List your bottles (root sees every bottle).
     Ls {
         #[arg(long)]
@@ -277,6 +284,28 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let _: BottleInfo = client
                 .send(Method::PUT, &format!("/v1/bottles/{name}/policy"), &req)
                 .await?;
+        }
+        Command::Agents { json } => {
+            let Some(home) = bottle_manifest::paths::default_home() else {
+                return Err(CliError::Env(
+                    "cannot find the manifest home: set BOTTLE_HOME or HOME".into(),
+                ));
+            };
+            let cwd = std::env::current_dir().map_err(|source| CliError::Read {
+                path: PathBuf::from("."),
+                source,
+            })?;
+            let listing = agents::Listing::load(home, cwd);
+            if json {
+                print_json(&listing)?;
+            } else {
+                print!("{}", listing.render());
+            }
+            if listing.has_errors() {
+                return Err(CliError::Env(
+                    "some manifests have errors (listed above)".into(),
+                ));
+            }
         }
         Command::Ca { name } => {
             print!(
