@@ -143,6 +143,19 @@ impl Rootfs {
                 create_file(&root, &rel)?;
             }
         }
+        // runc 1.1 gives a tmpfs the mode of the directory it covers, whatever `mode=` says;
+        // /tmp must be world-writable and sticky however the image made it.
+        let tmp = relative(Path::new("/tmp"))?;
+        if points.iter().any(|(guest, _)| guest == Path::new("/tmp")) {
+            let fd = open_in(
+                &root,
+                &tmp,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )?;
+            nix::sys::stat::fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(0o1777))
+                .map_err(in_root(&tmp))?;
+        }
         Ok(())
     }
 
