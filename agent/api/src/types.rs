@@ -18,6 +18,7 @@
 //! | `GET /v1/bottles/{name}/audit`     | `?offset=N`            | audit log bytes     |
 //! | `GET /v1/kill-switch`              |                        | [`KillSwitch`]      |
 //! | `PUT /v1/kill-switch`              | [`KillSwitch`]         | [`KillSwitch`]      |
+//! | `POST /v1/run`                     | [`RunRequest`]         | [`RunFrame`] stream |
 //!
 //! Every request body rejects unknown fields, so a typo is an error rather than a silently
 //! ignored setting.
@@ -231,4 +232,201 @@ pub struct L7Counters {
 #[serde(deny_unknown_fields)]
 pub struct KillSwitch {
     pub engaged: bool,
+}
+
+/// Resource limits of a `bottle run` workload (its cgroup).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Maximum tasks (processes and threads); the agent's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+    /// CPUs' worth of time (`1.5` = 150 ms per 100 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+}
+
+/// `POST /v1/run`: create a bottle, run one non-interactive workload in it, stream its output.
+///
+/// The response (200) is a stream of [`RunFrame`]s ending with [`RunFrame::Exit`]; errors
+/// before the workload starts are ordinary JSON errors.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The bottle to create, exactly as `POST /v1/bottles` takes it.
+    #[serde(default)]
+    pub create: CreateBottle,
+    /// An image name or id in the agent's cache, or (root only) a path to import.
+    pub image: String,
+    /// The command; empty means the image's entrypoint and cmd.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment. Values travel only in this body and the bundle's `config.json`
+    /// (root-only), never on an argv.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: RunLimits,
+    /// Remove the bottle once the workload has exited.
+    #[serde(default)]
+    pub remove: bool,
+}
+
+/// One unit of the `POST /v1/run` response stream.
+///
+/// Encoding (binary-safe, so output needs no newline to be forwarded at once):
+/// - `1 <len>\n<len bytes>`: workload stdout;
+/// - `2 <len>\n<len bytes>`: workload stderr;
+/// - `error <message>\n`: the agent could not do something (cleanup, say); informative;
+/// - `exit <code>[ <reason>]\n`: the last frame; `reason` is e.g. `out of memory`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunFrame {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Error(String),
+    Exit { code: i32, reason: Option<String> },
+}
+
+/// The longest header line a [`RunFrameDecoder`] accepts (an `error`/`exit` line included).
+pub const MAX_RUN_FRAME_LINE: usize = 4096;
+/// The largest data frame a [`RunFrameDecoder`] accepts.
+pub const MAX_RUN_FRAME_DATA: usize = 1 << 20;
+
+impl RunFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        // Messages are single lines: a newline inside would end the frame early.
+        let line = |s: &str| s.replace(['\n', '\r'], " ");
+        match self {
+            Self::Stdout(data) | Self::Stderr(data) => {
+                let stream = if matches!(self, Self::Stdout(_)) {
+                    1
+                } else {
+                    2
+                };
+                let mut out = format!("{stream} {}\n", data.len()).into_bytes();
+                out.extend_from_slice(data);
+                out
+            }
+            Self::Error(message) => {
+                let mut m = line(message);
+                m.truncate(MAX_RUN_FRAME_LINE - 16);
+                format!("error {m}\n").into_bytes()
+            }
+            Self::Exit { code, reason } => match reason {
+                Some(r) => format!("exit {code} {}\n", line(r)).into_bytes(),
+                None => format!("exit {code}\n").into_bytes(),
+            },
+        }
+    }
+}
+
+/// Incremental decoder of a [`RunFrame`] stream: feed bytes as they arrive with
+/// [`push`](Self::push), take complete frames with [`next_frame`](Self::next_frame).
+#[derive(Debug, Default)]
+pub struct RunFrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl RunFrameDecoder {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` when more bytes are needed, `Err` on a malformed
+    /// stream.
+    pub fn next_frame(&mut self) -> Result<Option<RunFrame>, String> {
+        let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
+            if self.buf.len() > MAX_RUN_FRAME_LINE {
+                return Err("run stream: header line too long".into());
+            }
+            return Ok(None);
+        };
+        if nl > MAX_RUN_FRAME_LINE {
+            return Err("run stream: header line too long".into());
+        }
+        let header = String::from_utf8_lossy(&self.buf[..nl]).into_owned();
+        let (kind, rest) = header.split_once(' ').unwrap_or((header.as_str(), ""));
+        let frame = match kind {
+            "1" | "2" => {
+                let len: usize = rest
+                    .parse()
+                    .map_err(|_| format!("run stream: bad length in {header:?}"))?;
+                if len > MAX_RUN_FRAME_DATA {
+                    return Err(format!("run stream: frame of {len} bytes is too large"));
+                }
+                if self.buf.len() < nl + 1 + len {
+                    return Ok(None);
+                }
+                let data = self.buf[nl + 1..nl + 1 + len].to_vec();
+                self.buf.drain(..nl + 1 + len);
+                return Ok(Some(if kind == "1" {
+                    RunFrame::Stdout(data)
+                } else {
+                    RunFrame::Stderr(data)
+                }));
+            }
+            "error" => RunFrame::Error(rest.to_owned()),
+            "exit" => {
+                let (code, reason) = match rest.split_once(' ') {
+                    Some((c, r)) => (c, Some(r.to_owned())),
+                    None => (rest, None),
+                };
+                let code = code
+                    .parse()
+                    .map_err(|_| format!("run stream: bad exit code in {header:?}"))?;
+                RunFrame::Exit { code, reason }
+            }
+            _ => return Err(format!("run stream: unknown frame {header:?}")),
+        };
+        self.buf.drain(..=nl);
+        Ok(Some(frame))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod run_frame_tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_byte_by_byte() {
+        let frames = vec![
+            RunFrame::Stdout(b"hello\nwor".to_vec()),
+            RunFrame::Stderr(b"\x00\xffbinary".to_vec()),
+            RunFrame::Stdout(Vec::new()),
+            RunFrame::Error("cleanup\nfailed".into()),
+            RunFrame::Exit {
+                code: 137,
+                reason: Some("out of memory".into()),
+            },
+            RunFrame::Exit {
+                code: 0,
+                reason: None,
+            },
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(RunFrame::encode).collect();
+        let mut d = RunFrameDecoder::default();
+        let mut got = Vec::new();
+        for b in bytes {
+            d.push(&[b]);
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        let mut want = frames;
+        want[3] = RunFrame::Error("cleanup failed".into());
+        assert_eq!(got, want);
+        let mut d = RunFrameDecoder::default();
+        d.push(b"3 1\nx");
+        assert!(d.next_frame().is_err());
+    }
+
+    #[test]
+    fn run_request_refuses_unknown_fields() {
+        let r: RunRequest = serde_json::from_str(r#"{"image":"x","args":["id"]}"#).unwrap();
+        assert!(!r.remove && r.env.is_empty());
+        assert!(serde_json::from_str::<RunRequest>(r#"{"image":"x","bogus":1}"#).is_err());
+    }
 }

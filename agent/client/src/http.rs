@@ -7,6 +7,7 @@ use bottle_api::ApiError;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -89,15 +90,19 @@ impl Client {
             .map_err(|_| ClientError::Timeout(CALL_TIMEOUT))?
     }
 
+    /// The agent's JSON error, or the raw answer when it is not one.
+    fn error_of(status: StatusCode, bytes: &[u8]) -> ClientError {
+        match serde_json::from_slice::<ApiError>(bytes) {
+            Ok(e) => ClientError::Api(e),
+            Err(_) => {
+                ClientError::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(bytes)))
+            }
+        }
+    }
+
     fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, ClientError> {
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ApiError>(bytes) {
-                Ok(e) => ClientError::Api(e),
-                Err(_) => ClientError::Protocol(format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(bytes)
-                )),
-            });
+            return Err(Self::error_of(status, bytes));
         }
         serde_json::from_slice(bytes)
             .map_err(|e| ClientError::Protocol(format!("unexpected response: {e}")))
@@ -126,6 +131,55 @@ impl Client {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let (status, bytes) = self.call(method, path, Some(body)).await?;
         Self::decode(status, &bytes)
+    }
+
+    /// POSTs `body` and returns the response body unread when the agent accepted it (a
+    /// stream for `POST /v1/run`), or the agent's error. Only the wait for the response head
+    /// is bounded (by `head_timeout`): what follows lasts as long as the workload.
+    pub async fn stream<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        head_timeout: Duration,
+    ) -> Result<Incoming, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let work = async {
+            let stream =
+                UnixStream::connect(&self.socket)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        path: self.socket.clone(),
+                        source,
+                    })?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(format!("http://bottle-agent{path}"))
+                .header(http::header::HOST, "bottle-agent")
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))
+        };
+        let resp = tokio::time::timeout(head_timeout, work)
+            .await
+            .map_err(|_| ClientError::Timeout(head_timeout))??;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.into_body());
+        }
+        let bytes = tokio::time::timeout(CALL_TIMEOUT, resp.into_body().collect())
+            .await
+            .map_err(|_| ClientError::Timeout(CALL_TIMEOUT))?
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_bytes();
+        Err(Self::error_of(status, &bytes))
     }
 
     /// A call whose success has no body (204).

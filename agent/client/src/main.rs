@@ -4,6 +4,7 @@
 mod agents;
 mod http;
 mod output;
+mod run;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +14,8 @@ use std::time::Duration;
 use ::http::Method;
 use bottle_api::policy::EgressPolicy;
 use bottle_api::{
-    BottleInfo, BottleStats, CreateBottle, DlpMode, DlpSettings, KillSwitch, SetPolicy,
+    BottleInfo, BottleStats, CreateBottle, DlpMode, DlpSettings, KillSwitch, RunLimits, RunRequest,
+    SetPolicy,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -38,6 +40,38 @@ enum Command {
         egress: EgressArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// Create a bottle, run a command in it from an image (non-interactive), stream its
+    /// output; exits with the command's exit status.
+    Run {
+        /// Name of the new bottle; the agent picks one when absent.
+        #[arg(long)]
+        name: Option<String>,
+        /// Image: a name or id in the agent's image cache, or (as root) a path to a rootfs
+        /// directory, an OCI layout or an image archive, imported first.
+        #[arg(long)]
+        image: String,
+        /// Environment variable for the command: NAME=VALUE, or NAME to pass this shell's
+        /// value (repeatable). Values travel in the request body only, never on an argv.
+        #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+        env: Vec<String>,
+        /// Memory limit, e.g. 512m or 2g (no swap beyond it).
+        #[arg(long)]
+        memory: Option<String>,
+        /// Maximum number of processes and threads.
+        #[arg(long)]
+        pids: Option<i64>,
+        /// CPUs' worth of time, e.g. 1.5.
+        #[arg(long)]
+        cpus: Option<f64>,
+        #[command(flatten)]
+        egress: EgressArgs,
+        /// Remove the bottle once the command has exited.
+        #[arg(long)]
+        rm: bool,
+        /// The command and its arguments (after `--`); the image's default when absent.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Egress policy of a bottle.
     Policy {
@@ -155,6 +189,8 @@ enum CliError {
     Manifest(#[from] bottle_manifest::ManifestError),
     #[error("{0}")]
     Env(String),
+    #[error(transparent)]
+    Run(#[from] run::RunError),
 }
 
 fn read_file(path: &PathBuf) -> Result<String, CliError> {
@@ -205,6 +241,17 @@ fn load_dlp(args: &DlpArgs) -> Result<Option<DlpSettings>, CliError> {
     }))
 }
 
+/// A relative image path (`./img`, `../img`) means the client's directory, not the agent's:
+/// sent absolute.
+fn absolute_image(image: String) -> String {
+    if image.starts_with("./") || image.starts_with("../") {
+        if let Ok(cwd) = std::env::current_dir() {
+            return cwd.join(&image).display().to_string();
+        }
+    }
+    image
+}
+
 fn socket_path() -> PathBuf {
     std::env::var_os(bottle_api::HOST_ENV)
         .map(PathBuf::from)
@@ -216,9 +263,47 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
+/// Runs one command; `Some(code)` when the process must exit with a workload's status.
+async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
     let client = Client::new(&socket_path());
     match cli.command {
+        Command::Run {
+            name,
+            image,
+            env,
+            memory,
+            pids,
+            cpus,
+            egress,
+            rm,
+            command,
+        } => {
+            let (policy, secrets) = match &egress.egress {
+                Some(path) => {
+                    let (p, s) = load_egress(path)?;
+                    (Some(p), s)
+                }
+                None => (None, BTreeMap::new()),
+            };
+            let req = RunRequest {
+                create: CreateBottle {
+                    name,
+                    egress: policy,
+                    secrets,
+                    dlp: load_dlp(&egress.dlp)?,
+                },
+                image: absolute_image(image),
+                args: command,
+                env: run::parse_env(&env)?,
+                limits: RunLimits {
+                    memory_bytes: memory.as_deref().map(run::parse_size).transpose()?,
+                    pids,
+                    cpus,
+                },
+                remove: rm,
+            };
+            return Ok(Some(run::run(&client, &req).await?));
+        }
         Command::Create { name, egress, json } => {
             let (policy, secrets) = match &egress.egress {
                 Some(path) => {
@@ -358,7 +443,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 async fn fetch_stats(client: &Client, name: &Option<String>) -> Result<Vec<BottleStats>, CliError> {
@@ -418,7 +503,9 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        // Shell convention: statuses outside 0..=255 cannot be passed on as they are.
+        Ok(Some(code)) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
             eprintln!("bottle: {e}");
             ExitCode::from(1)

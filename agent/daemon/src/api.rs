@@ -9,10 +9,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bottle_api::{ApiError, CreateBottle, ErrorCode, KillSwitch, VersionInfo, MAX_REQUEST_BODY};
+use bottle_api::{
+    ApiError, CreateBottle, ErrorCode, KillSwitch, RunRequest, VersionInfo, MAX_REQUEST_BODY,
+};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -43,7 +46,28 @@ pub enum ApiServerError {
     },
 }
 
-type Body = Full<Bytes>;
+/// Every response body: whole (`full`) or, for `POST /v1/run`, streamed.
+type Body = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+/// The run's frames as they come; ends after the exit trailer (or if the run's threads are
+/// gone without one, which the client reports as a lost connection).
+fn streamed(rx: tokio::sync::mpsc::Receiver<crate::run::Msg>) -> Body {
+    use crate::run::Msg;
+    let frames = futures_util::stream::unfold((rx, false), |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        match rx.recv().await? {
+            Msg::Frame(b) => Some((Ok(hyper::body::Frame::data(b)), (rx, false))),
+            Msg::End(b) => Some((Ok(hyper::body::Frame::data(b)), (rx, true))),
+        }
+    });
+    StreamBody::new(frames).boxed_unsync()
+}
 
 /// Binds the API socket: replaces a stale socket file, refuses when a live agent answers,
 /// sets mode 0660 and group `group` when that group exists.
@@ -115,7 +139,7 @@ pub async fn serve(listener: UnixListener, manager: Arc<Mutex<Manager>>) {
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -220,13 +244,23 @@ async fn route(
             let info = manager.lock().await.create(caller, body).await?;
             Ok(json(StatusCode::CREATED, &info))
         }
+        (&Method::POST, ["run"]) => {
+            let body: RunRequest = read_json(req).await?;
+            let rx = crate::run::start(caller, manager, body).await?;
+            let mut resp = Response::new(streamed(rx));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/x-bottle-run"),
+            );
+            Ok(resp)
+        }
         (&Method::GET, ["bottles", name]) => Ok(json(
             StatusCode::OK,
             &manager.lock().await.get(caller, name)?,
         )),
         (&Method::DELETE, ["bottles", name]) => {
             manager.lock().await.remove(caller, name).await?;
-            let mut resp = Response::new(Full::new(Bytes::new()));
+            let mut resp = Response::new(full(Bytes::new()));
             *resp.status_mut() = StatusCode::NO_CONTENT;
             Ok(resp)
         }
@@ -248,7 +282,7 @@ async fn route(
         }
         (&Method::GET, ["bottles", name, "ca"]) => {
             let pem = manager.lock().await.ca_pem(caller, name)?;
-            let mut resp = Response::new(Full::new(Bytes::from(pem)));
+            let mut resp = Response::new(full(pem));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("application/x-pem-file"),

@@ -122,6 +122,9 @@ pub struct AgentConfig {
     pub audit_max_bytes: u64,
     /// Connections one bottle may hold open to its services at once.
     pub max_connections_per_bottle: usize,
+    /// The image cache `bottle run` uses; `<state_dir>/images` when absent (so
+    /// `/var/lib/bottle/images` by default).
+    pub image_dir: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -144,11 +147,19 @@ impl Default for AgentConfig {
             upstream_ca_files: Vec::new(),
             audit_max_bytes: 16 * 1024 * 1024,
             max_connections_per_bottle: 512,
+            image_dir: None,
         }
     }
 }
 
 impl AgentConfig {
+    /// Where the image cache lives (see `image_dir`).
+    pub fn image_dir(&self) -> PathBuf {
+        self.image_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join(paths::DEFAULT_IMAGE_SUBDIR))
+    }
+
     /// Reads `path`; a missing file at the default location means defaults, a missing file
     /// named explicitly is an error.
     pub fn load(path: &Path, explicit: bool) -> Result<Self> {

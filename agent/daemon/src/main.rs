@@ -4,15 +4,18 @@ mod api;
 mod config;
 mod datapath;
 mod ipam;
+mod launch;
 mod manager;
 mod netns;
 mod network;
 mod paths;
 mod preflight;
+mod run;
 mod services;
 mod state;
 
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -101,12 +104,34 @@ async fn run(config: AgentConfig) -> ExitCode {
             return AgentExit::State.into();
         }
     }
-    // One agent per state directory: a second one would fight over the same bottles.
+    // Traversable, not listable: runc's init (the mapped container root) must reach the
+    // workloads' rootfs under it (see `paths::RUN_DIR_MODE`).
+    if let Err(e) = std::fs::set_permissions(
+        &config.run_dir,
+        std::fs::Permissions::from_mode(paths::RUN_DIR_MODE),
+    ) {
+        error!("cannot set the mode of {}: {e}", config.run_dir.display());
+        return AgentExit::State.into();
+    }
+    // `bottle run`'s containers are detached by runc; as their subreaper the agent can reap
+    // them and learn their exit status.
+    if let Err(e) = bottle_launcher::runc::set_child_subreaper() {
+        error!("{e}");
+        return AgentExit::Runtime.into();
+    }
+    // One agent per state directory: a second one would fight over the same bottles. The lock
+    // file is root-only: with `run_dir` traversable, anyone could otherwise open it and hold
+    // the lock.
     let lock_path = config.run_dir.join(paths::LOCK_FILE);
+    let _ = std::fs::set_permissions(
+        &lock_path,
+        std::fs::Permissions::from_mode(paths::PRIVATE_FILE_MODE),
+    );
     let lock = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(paths::PRIVATE_FILE_MODE)
         .open(&lock_path)
     {
         Ok(f) => f,

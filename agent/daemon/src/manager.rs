@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::AgentConfig;
 use crate::datapath::{BottleDatapath, Datapath, DatapathError};
 use crate::ipam::{Block, Ipam, IpamError};
+use crate::launch;
 use crate::netns::{self, NetnsError};
 use crate::network::{self, NetworkError};
 use crate::paths::KILL_SWITCH_FILE;
@@ -238,6 +239,16 @@ impl Manager {
     }
 
     pub async fn create(&mut self, caller: Caller, req: CreateBottle) -> Result<BottleInfo> {
+        self.create_with(caller, req, "none").await
+    }
+
+    /// `create`, recording which launcher will own the bottle's workload.
+    pub async fn create_with(
+        &mut self,
+        caller: Caller,
+        req: CreateBottle,
+        launcher: &str,
+    ) -> Result<BottleInfo> {
         // The policy is compiled before anything is made, so a bad one costs nothing.
         let stored = StoredPolicy::new(req.egress.clone(), req.dlp.as_ref());
         let secret_values = req
@@ -259,7 +270,7 @@ impl Manager {
             name: name.clone(),
             owner_uid: caller.uid,
             created_at: now_secs(),
-            launcher: "none".into(),
+            launcher: launcher.into(),
             netns: names.netns.clone(),
             host_interface: names.host.clone(),
             bottle_address: block.bottle,
@@ -380,6 +391,15 @@ impl Manager {
     /// unfiltered. Returns what could not be removed.
     async fn teardown(&mut self, meta: &Metadata, ifindex: Option<u32>) -> Vec<String> {
         let mut failures = Vec::new();
+        // The workload first (runc delete --force, then its rootfs): it must not outlive its
+        // network, and the overlay can only be unmounted once its processes are gone. Run
+        // whatever the recorded launcher, so a crash before the metadata said "runc" leaves
+        // nothing behind either.
+        let (run_dir, id) = (self.config.run_dir.clone(), meta.id.clone());
+        match tokio::task::spawn_blocking(move || launch::cleanup(&run_dir, &id)).await {
+            Ok(f) => failures.extend(f),
+            Err(e) => failures.push(e.to_string()),
+        }
         if let Err(e) = network::delete_link(&self.netlink, &meta.host_interface).await {
             failures.push(e.to_string());
         }
@@ -402,6 +422,24 @@ impl Manager {
             failures.push(e);
         }
         failures
+    }
+
+    /// `remove`, but only if `name` still is the bottle with this id: a `bottle run --rm`
+    /// finishing after its bottle was removed (and the name reused) must not remove the new one.
+    pub async fn remove_if_id(&mut self, caller: Caller, name: &str, id: &str) -> Result<()> {
+        match self.bottles.get(name) {
+            Some(b) if b.meta.id == id => self.remove(caller, name).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Where workloads' runtime files live (runc root, rootfs, bundles).
+    pub fn run_dir(&self) -> std::path::PathBuf {
+        self.config.run_dir.clone()
+    }
+
+    pub fn image_dir(&self) -> std::path::PathBuf {
+        self.config.image_dir()
     }
 
     pub async fn remove(&mut self, caller: Caller, name: &str) -> Result<()> {
@@ -606,7 +644,12 @@ impl Manager {
                 error!(error = %e, "cannot re-engage the kill switch");
             }
         }
+        let image_dir = self.config.image_dir();
         for dir in state::bottle_dirs(&self.config.state_dir) {
+            // The image cache may live in the state directory; it is not a bottle.
+            if dir == image_dir {
+                continue;
+            }
             let meta = match state::load(&dir) {
                 Ok(meta) => meta,
                 Err(e) => {

@@ -31,3 +31,18 @@ pub const LOCK_FILE: &str = "agent.lock";
 pub const MAPS_PIN_DIR: &str = "maps";
 pub const FROM_BOTTLE_LINK: &str = "from_bottle_link";
 pub const TO_BOTTLE_LINK: &str = "to_bottle_link";
+
+/// Under `run_dir`: runc's state root (0700; container id = bottle id), the bottles' overlay
+/// rootfs directories and their bundles. `run_dir` itself and `rootfs/` are 0711: runc's init
+/// runs as the mapped container root and must traverse to the rootfs (nothing is listable).
+pub const RUNC_DIR: &str = "runc";
+pub const ROOTFS_DIR: &str = "rootfs";
+pub const BUNDLES_DIR: &str = "bundles";
+/// Mode of `run_dir`: traversable, not listable (see above).
+pub const RUN_DIR_MODE: u32 = 0o711;
+/// The runtime (looked up in PATH).
+pub const RUNC_BINARY: &str = "runc";
+/// Parent cgroup of every workload: `/bottle/<id>`.
+pub const CGROUP_PARENT: &str = "/bottle";
+/// Image cache under `state_dir` when `image_dir` is not configured.
+pub const DEFAULT_IMAGE_SUBDIR: &str = "images";

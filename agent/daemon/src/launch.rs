@@ -1,0 +1,343 @@
+//! Runs a bottle's workload with runc: image → overlay rootfs → bundle → `runc create` /
+//! `start` inside the bottle's network namespace, and the matching teardown.
+//!
+//! Everything here blocks (mounts, runc calls bounded by the driver's timeout): callers run
+//! it on blocking threads, never on tokio workers, and never while holding the manager's lock
+//! longer than a teardown needs.
+//!
+//! Layout (see `paths`):
+//! - `<run_dir>/runc/`          runc's state root (0700), container id = bottle id;
+//! - `<run_dir>/rootfs/<id>/`   the overlay (`upper/`, `work/`, `merged/`); `<run_dir>` and
+//!   `<run_dir>/rootfs` are 0711 because runc's init, running as the mapped container root,
+//!   must traverse to `merged/` (listing stays root-only);
+//! - `<run_dir>/bundles/<id>/`  `config.json` (0600, holds the environment) in a 0700 dir.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bottle_image::{ImageRecord, ImageStore};
+use bottle_launcher::bundle::{self, BundleSpec, HomeSource, IdMap, Limits};
+use bottle_launcher::rootfs::{self, Rootfs};
+use bottle_launcher::runc::{Container, CreateOptions, Runc};
+use bottle_launcher::Stdio3;
+
+use crate::paths::{BUNDLES_DIR, CGROUP_PARENT, ROOTFS_DIR, RUNC_BINARY, RUNC_DIR};
+
+/// Bound on each runc call (create, start, delete).
+const RUNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("image {image:?}: {source}")]
+    Image {
+        image: String,
+        #[source]
+        // Boxed: the store's error is large, and every launch result would carry its size.
+        source: Box<bottle_image::StoreError>,
+    },
+    #[error("image {0:?} cannot be used as an overlay (imported without privileges?)")]
+    NotOverlayReady(String),
+    #[error("image {0:?} has no command: give one after `--`")]
+    NoCommand(String),
+    #[error("the image's user {uid}:{gid} is outside the bottle's id mapping")]
+    Unmapped { uid: u32, gid: u32 },
+    #[error(transparent)]
+    Rootfs(#[from] bottle_launcher::RootfsError),
+    #[error(transparent)]
+    Bundle(#[from] bottle_launcher::BundleError),
+    #[error(transparent)]
+    Runc(#[from] bottle_launcher::RuncError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("runc wrote no usable pid to {0}")]
+    Pid(PathBuf),
+}
+
+impl LaunchError {
+    /// Whether the caller asked for something impossible (vs. the agent failing).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Image { .. }
+                | Self::NotOverlayReady(_)
+                | Self::NoCommand(_)
+                | Self::Unmapped { .. }
+        )
+    }
+}
+
+pub type Result<T> = std::result::Result<T, LaunchError>;
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError + '_ {
+    move |source| LaunchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What one workload needs; everything already validated by the API layer.
+#[derive(Debug)]
+pub struct LaunchParams {
+    pub id: String,
+    pub hostname: String,
+    pub netns_path: PathBuf,
+    /// `nameserver <gateway>` (the agent already writes `/etc/netns/<netns>/resolv.conf`).
+    pub resolv_conf: PathBuf,
+    pub ca_pem: String,
+    pub image: String,
+    pub image_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<i64>,
+    pub cpus: Option<f64>,
+}
+
+/// A started container: the init's host pid and the read ends of its stdout/stderr.
+pub struct Started {
+    pub container: Container,
+    pub pid: i32,
+    pub stdout: File,
+    pub stderr: File,
+}
+
+pub fn runc_root(run_dir: &Path) -> PathBuf {
+    run_dir.join(RUNC_DIR)
+}
+
+pub fn rootfs_dir(run_dir: &Path, id: &str) -> PathBuf {
+    run_dir.join(ROOTFS_DIR).join(id)
+}
+
+fn bundle_dir(run_dir: &Path, id: &str) -> PathBuf {
+    run_dir.join(BUNDLES_DIR).join(id)
+}
+
+/// The workload's cgroup as runc's `cgroupsPath`.
+pub fn cgroups_path(id: &str) -> PathBuf {
+    Path::new(CGROUP_PARENT).join(id)
+}
+
+/// Makes the directories on the way to a rootfs traversable (0711) by the mapped container
+/// root, which runc's init runs as; nothing in them becomes listable.
+fn traversable_dir(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(path)
+        .map_err(io_at(path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o711)).map_err(io_at(path))
+}
+
+fn resolve_image(store_dir: &Path, spec: &str) -> Result<ImageRecord> {
+    let err = |source| LaunchError::Image {
+        image: spec.to_owned(),
+        source: Box::new(source),
+    };
+    let store = ImageStore::open(store_dir).map_err(err)?;
+    let record = store.resolve(spec).map_err(err)?;
+    if !record.overlay_ready {
+        return Err(LaunchError::NotOverlayReady(spec.to_owned()));
+    }
+    Ok(record)
+}
+
+/// Mounts the rootfs, writes the bundle, creates and starts the container. On failure
+/// everything made here is removed again.
+pub fn start(p: LaunchParams) -> Result<Started> {
+    let image = resolve_image(&p.image_dir, &p.image)?;
+    let args = if p.args.is_empty() {
+        image.config.args()
+    } else {
+        p.args.clone()
+    };
+    if args.is_empty() {
+        return Err(LaunchError::NoCommand(p.image.clone()));
+    }
+    traversable_dir(&p.run_dir)?;
+    traversable_dir(&p.run_dir.join(ROOTFS_DIR))?;
+    let result = start_mounted(&p, &image, args);
+    if result.is_err() {
+        for problem in cleanup(&p.run_dir, &p.id) {
+            tracing::error!(id = %p.id, %problem, "cleanup after a failed launch");
+        }
+    }
+    result
+}
+
+fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Result<Started> {
+    let rootfs = Rootfs::mount(&image.lower_dirs(), &rootfs_dir(&p.run_dir, &p.id))?;
+    let user = rootfs.resolve_user(image.config.user.as_deref())?;
+    let id_map = IdMap::default();
+    let (Some(host_uid), Some(host_gid)) = (id_map.host_uid(user.uid), id_map.host_gid(user.gid))
+    else {
+        return Err(LaunchError::Unmapped {
+            uid: user.uid,
+            gid: user.gid,
+        });
+    };
+
+    // Image env, a PATH if the image has none, the CA variables, HOME; then the caller's
+    // variables, which win.
+    let mut env: Vec<String> = image.config.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    env.extend(rootfs.install_ca(p.ca_pem.as_bytes())?);
+    env.push(format!("HOME={}", user.home.display()));
+    for (k, v) in &p.env {
+        let prefix = format!("{k}=");
+        env.retain(|e| !e.starts_with(&prefix));
+        env.push(format!("{k}={v}"));
+    }
+    let cwd = image
+        .config
+        .working_dir
+        .as_deref()
+        .filter(|d| d.starts_with('/'))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| user.home.clone());
+    let spec = BundleSpec {
+        hostname: p.hostname.clone(),
+        netns_path: p.netns_path.clone(),
+        rootfs: rootfs.merged().to_path_buf(),
+        args,
+        env,
+        cwd,
+        user: (user.uid, user.gid),
+        id_map,
+        limits: Limits {
+            cpus: p.cpus,
+            memory_bytes: p.memory_bytes,
+            pids: p.pids.or(Limits::default().pids),
+            ..Limits::default()
+        },
+        home: user.home.clone(),
+        home_source: HomeSource::Tmpfs,
+        workspace: None,
+        mounts: vec![],
+        resolv_conf: p.resolv_conf.clone(),
+        ca_bundle: None,
+        terminal: false,
+        cgroups_path: cgroups_path(&p.id),
+        oom_score_adj: 500,
+    };
+    rootfs.prepare_mount_points(&bundle::mount_points(&spec))?;
+    rootfs.chown_dirs(&[&spec.home], host_uid, host_gid)?;
+    let oci = bundle::build(&spec)?;
+    let bdir = bundle_dir(&p.run_dir, &p.id);
+    let parent = p.run_dir.join(BUNDLES_DIR);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&parent)
+        .map_err(io_at(&parent))?;
+    bundle::write(&spec, &oci, &bdir)?;
+
+    // Pipes for the workload's output; the agent keeps only the read ends (the write ends
+    // move into runc's child and are closed here once it has been spawned).
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let runc = Runc::new(RUNC_BINARY, &runc_root(&p.run_dir))?.with_timeout(RUNC_TIMEOUT);
+    let pid_file = bdir.join("pid");
+    let container = runc.create(
+        &p.id,
+        &bdir,
+        CreateOptions {
+            pid_file: Some(&pid_file),
+            console_socket: None,
+            stdio: Stdio3 {
+                stdin: None,
+                stdout: Some(out_w),
+                stderr: Some(err_w),
+            },
+        },
+    )?;
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&pid| pid > 0)
+        .ok_or_else(|| LaunchError::Pid(pid_file.clone()))?;
+    container.start()?;
+    Ok(Started {
+        container,
+        pid,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
+fn pipe() -> Result<(File, File)> {
+    // O_CLOEXEC: the write end reaches runc only through the dup2 onto its stdout/stderr,
+    // never as a stray descriptor in another child.
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LaunchError::Io {
+        path: PathBuf::from("pipe"),
+        source: e.into(),
+    })?;
+    Ok((File::from(r), File::from(w)))
+}
+
+/// Whether the OOM killer acted in the workload's cgroup (v1 `memory.oom_control`, v2
+/// `memory.events`). Read before `runc delete`, which removes the cgroup.
+pub fn oom_killed(id: &str) -> bool {
+    let rel = cgroups_path(id);
+    let rel = rel.strip_prefix("/").unwrap_or(&rel);
+    let v1 = Path::new("/sys/fs/cgroup/memory")
+        .join(rel)
+        .join("memory.oom_control");
+    let v2 = Path::new("/sys/fs/cgroup").join(rel).join("memory.events");
+    [v1, v2].iter().any(|p| {
+        fs::read_to_string(p).is_ok_and(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+        })
+    })
+}
+
+/// Removes a bottle's workload: `runc delete --force` (if runc knows the container), the
+/// rootfs (unmounted first) and the bundle. Every step runs; returns what failed. Safe to call
+/// when nothing was ever launched.
+pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
+    // `bottle rm` and the run's own cleanup can meet (rm kills the workload, whose reaper then
+    // cleans up too): one at a time, so the second finds nothing left instead of tripping over
+    // a half-removed tree.
+    static CLEANUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = CLEANUP
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut failures = Vec::new();
+    let root = runc_root(run_dir);
+    if root.join(id).exists() {
+        match Runc::new(RUNC_BINARY, &root) {
+            Ok(runc) => {
+                let runc = runc.with_timeout(RUNC_TIMEOUT);
+                match runc.container(id).and_then(|c| c.delete(true)) {
+                    Ok(()) => {}
+                    // Someone else (a concurrent `rm`) deleted it first.
+                    Err(_) if !root.join(id).exists() => {}
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if let Err(e) = rootfs::teardown(&rootfs_dir(run_dir, id)) {
+        failures.push(e.to_string());
+    }
+    let bdir = bundle_dir(run_dir, id);
+    match fs::remove_dir_all(&bdir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => failures.push(format!("remove {}: {e}", bdir.display())),
+    }
+    failures
+}

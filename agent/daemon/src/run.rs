@@ -1,0 +1,310 @@
+//! `POST /v1/run`: create a bottle, run one non-interactive workload in it with runc, stream
+//! the workload's output as [`RunFrame`]s, then clean up (and remove the bottle with
+//! `remove`).
+//!
+//! The manager's lock is held only to create (and finally remove) the bottle: the launch and
+//! the workload run without it, so every other API call keeps working meanwhile. The
+//! container's init is re-parented to the agent (a child subreaper, set in `main`); a
+//! dedicated thread reaps it. If the client goes away, the workload is killed: a
+//! non-interactive run lives exactly as long as the request that started it.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bottle_api::{ApiError, ErrorCode, RunFrame, RunRequest};
+use bottle_launcher::runc::{self, Container};
+use bottle_launcher::Status;
+use bytes::Bytes;
+use tokio::sync::{mpsc, Mutex};
+use tracing::{error, info, warn};
+
+use crate::launch::{self, LaunchParams};
+use crate::manager::{Caller, Manager};
+use crate::paths::NETNS_DIR;
+
+/// One piece of the response body; `End` is the last one (the exit trailer).
+pub enum Msg {
+    Frame(Bytes),
+    End(Bytes),
+}
+
+/// Frames buffered between the workload and a slow client; beyond this the readers block,
+/// and with them (through the full pipe) the workload: backpressure, not unbounded memory.
+const CHANNEL_FRAMES: usize = 64;
+/// Bytes read from the workload's stdout/stderr at a time (one frame at most).
+const READ_CHUNK: usize = 16 * 1024;
+/// How often the reaper checks on the client and on runc while the workload runs.
+const POLL: Duration = Duration::from_millis(500);
+/// How long the output readers may take to drain after the workload exited (the pipes close
+/// when the container's last process is gone, which the kernel ensures when init dies).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bounds on what a request may carry.
+const MAX_IMAGE_SPEC: usize = 4096;
+const MIN_MEMORY: u64 = 4 << 20;
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message)
+}
+
+fn validate(caller: Caller, req: &RunRequest) -> Result<(), ApiError> {
+    let image = req.image.as_str();
+    if image.is_empty() || image.len() > MAX_IMAGE_SPEC || image.contains('\0') {
+        return Err(bad("image must be a name, an id or a path"));
+    }
+    // Importing reads the path with the agent's privileges: only root may name one, so a
+    // user cannot have the agent read files they could not read themselves.
+    let is_path = image.starts_with('/') || image.starts_with("./") || image.starts_with("../");
+    if is_path && !caller.is_root() {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only root may import an image from a path; use an image already in the cache",
+        ));
+    }
+    if req.args.iter().any(|a| a.contains('\0')) {
+        return Err(bad("arguments must not contain NUL"));
+    }
+    for (k, v) in &req.env {
+        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+            return Err(bad(format!(
+                "environment variable {k:?}: names must be non-empty without '=' or NUL, values without NUL"
+            )));
+        }
+    }
+    let l = &req.limits;
+    if l.memory_bytes.is_some_and(|m| m < MIN_MEMORY) {
+        return Err(bad(format!(
+            "memory limit must be at least {MIN_MEMORY} bytes"
+        )));
+    }
+    if l.pids.is_some_and(|p| p < 1) {
+        return Err(bad("pids limit must be at least 1"));
+    }
+    if l.cpus
+        .is_some_and(|c| !c.is_finite() || c <= 0.0 || c > 1024.0)
+    {
+        return Err(bad("cpus must be a positive number"));
+    }
+    Ok(())
+}
+
+/// Creates the bottle, launches the workload and returns the stream of its output. Errors
+/// before the workload starts are returned (and leave no bottle behind).
+pub async fn start(
+    caller: Caller,
+    manager: Arc<Mutex<Manager>>,
+    req: RunRequest,
+) -> Result<mpsc::Receiver<Msg>, ApiError> {
+    validate(caller, &req)?;
+    // On a task of its own: if the client goes away mid-launch, hyper drops this future, but
+    // the launch still completes and hands over to its reaper, which then sees nobody
+    // listening, kills the workload and cleans up. Cancelling halfway would leak a container.
+    tokio::spawn(launch(caller, manager, req))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("run task failed: {e}")))?
+}
+
+async fn launch(
+    caller: Caller,
+    manager: Arc<Mutex<Manager>>,
+    req: RunRequest,
+) -> Result<mpsc::Receiver<Msg>, ApiError> {
+    let (info, ca_pem, run_dir, image_dir) = {
+        let mut m = manager.lock().await;
+        let info = m.create_with(caller, req.create.clone(), "runc").await?;
+        match m.ca_pem(caller, &info.name) {
+            Ok(ca) => (info, ca, m.run_dir(), m.image_dir()),
+            Err(e) => {
+                let _ = m.remove(caller, &info.name).await;
+                return Err(e.into());
+            }
+        }
+    };
+    let params = LaunchParams {
+        id: info.id.clone(),
+        hostname: info.name.clone(),
+        netns_path: std::path::Path::new(NETNS_DIR).join(&info.netns),
+        resolv_conf: std::path::Path::new(crate::paths::ETC_NETNS_DIR)
+            .join(&info.netns)
+            .join("resolv.conf"),
+        ca_pem,
+        image: req.image.clone(),
+        image_dir,
+        run_dir: run_dir.clone(),
+        args: req.args.clone(),
+        env: req.env.clone(),
+        memory_bytes: req.limits.memory_bytes,
+        pids: req.limits.pids,
+        cpus: req.limits.cpus,
+    };
+    let launched = tokio::task::spawn_blocking(move || launch::start(params)).await;
+    let started = match launched {
+        Ok(Ok(s)) => s,
+        failed => {
+            // A run that never started leaves nothing: the bottle goes too.
+            if let Err(e) = manager
+                .lock()
+                .await
+                .remove_if_id(caller, &info.name, &info.id)
+                .await
+            {
+                error!(bottle = %info.name, error = %e, "removing the bottle of a failed run");
+            }
+            return Err(match failed {
+                Ok(Err(e)) if e.is_user_error() => bad(e.to_string()),
+                Ok(Err(e)) => ApiError::new(ErrorCode::Internal, e.to_string()),
+                Err(e) => ApiError::new(ErrorCode::Internal, e.to_string()),
+                Ok(Ok(_)) => ApiError::new(ErrorCode::Internal, "unreachable"),
+            });
+        }
+    };
+    info!(bottle = %info.name, id = %info.id, pid = started.pid, "workload started");
+
+    let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
+    let readers = vec![
+        reader(started.stdout, tx.clone(), RunFrame::Stdout),
+        reader(started.stderr, tx.clone(), RunFrame::Stderr),
+    ];
+    let handle = tokio::runtime::Handle::current();
+    let job = Job {
+        caller,
+        manager,
+        handle,
+        name: info.name,
+        id: info.id,
+        run_dir,
+        remove: req.remove,
+        container: started.container,
+        pid: started.pid,
+        readers,
+        tx,
+    };
+    std::thread::Builder::new()
+        .name(format!("run-{}", job.id))
+        .spawn(move || job.supervise())
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot start reaper: {e}")))?;
+    Ok(rx)
+}
+
+/// Forwards one pipe as frames until EOF. Keeps reading when the client is gone, so the
+/// workload never blocks on a full pipe while it is being killed.
+fn reader(
+    mut pipe: std::fs::File,
+    tx: mpsc::Sender<Msg>,
+    frame: fn(Vec<u8>) -> RunFrame,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let bytes = Bytes::from(frame(buf[..n].to_vec()).encode());
+                    let _ = tx.blocking_send(Msg::Frame(bytes));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+struct Job {
+    caller: Caller,
+    manager: Arc<Mutex<Manager>>,
+    handle: tokio::runtime::Handle,
+    name: String,
+    id: String,
+    run_dir: std::path::PathBuf,
+    remove: bool,
+    container: Container,
+    pid: i32,
+    readers: Vec<JoinHandle<()>>,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Job {
+    /// Runs on its own thread: reaps the workload, drains its output, cleans up, sends the
+    /// trailer.
+    fn supervise(self) {
+        let code = self.wait();
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        for r in &self.readers {
+            while !r.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if self.readers.iter().any(|r| !r.is_finished()) {
+            warn!(bottle = %self.name, "workload output still open after exit; not waiting for it");
+        }
+        // The cgroup (and its OOM counter) disappears with `runc delete`.
+        let oom = code == Some(137) && launch::oom_killed(&self.id);
+        let mut problems = launch::cleanup(&self.run_dir, &self.id);
+        if self.remove {
+            let (manager, caller, name, id) = (
+                self.manager.clone(),
+                self.caller,
+                self.name.clone(),
+                self.id.clone(),
+            );
+            let removed = self.handle.block_on(async move {
+                manager.lock().await.remove_if_id(caller, &name, &id).await
+            });
+            if let Err(e) = removed {
+                problems.push(e.to_string());
+            }
+        }
+        for p in &problems {
+            error!(bottle = %self.name, problem = %p, "cleanup after run");
+            let _ = self
+                .tx
+                .blocking_send(Msg::Frame(Bytes::from(RunFrame::Error(p.clone()).encode())));
+        }
+        let (code, reason) = match code {
+            Some(c) => (c, oom.then(|| "out of memory".to_owned())),
+            None => (
+                255,
+                Some("exit status unknown (see the agent log)".to_owned()),
+            ),
+        };
+        info!(bottle = %self.name, code, ?reason, "workload finished");
+        let _ = self.tx.blocking_send(Msg::End(Bytes::from(
+            RunFrame::Exit { code, reason }.encode(),
+        )));
+    }
+
+    /// The workload's exit status; `None` if it cannot be had (the init was never ours to
+    /// reap, or runc lost it) instead of waiting forever.
+    fn wait(&self) -> Option<i32> {
+        let mut killed = false;
+        let mut lost = 0;
+        loop {
+            match runc::wait_exit(self.pid, POLL) {
+                Ok(Some(code)) => return Some(code),
+                Ok(None) => {}
+                Err(e) => {
+                    error!(bottle = %self.name, error = %e, "waiting for the workload");
+                    return None;
+                }
+            }
+            if self.tx.is_closed() && !killed {
+                warn!(bottle = %self.name, "client went away; killing the workload");
+                if let Err(e) = self.container.kill(nix::sys::signal::Signal::SIGKILL, true) {
+                    warn!(bottle = %self.name, error = %e, "kill");
+                }
+                killed = true;
+            }
+            // A stopped or vanished container whose init we still cannot reap: give up after
+            // a few rounds rather than poll forever.
+            match self.container.state() {
+                Ok(st) if st.status != Status::Stopped => lost = 0,
+                _ => lost += 1,
+            }
+            if lost >= 4 {
+                return runc::wait_exit(self.pid, POLL).ok().flatten();
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! End-to-end tests of `bottle run`: the real agent creates a bottle, runs a runc container
+//! in its namespace, streams the output and cleans up. Slot 41.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bottle_tests::*;
+
+const SLOT: u8 = 41;
+
+/// A tiny image: busybox-static and a `bottle` user (1000:1000), as a rootfs directory.
+fn busybox_rootfs(root: &Path) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "/bin/busybox missing: apt-get install busybox-static"
+    );
+    for d in ["bin", "etc", "home/bottle", "tmp", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "id", "cat", "sleep", "echo", "dd", "true"] {
+        symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nbottle:x:1000:1000::/home/bottle:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nbottle:x:1000:\n").unwrap();
+}
+
+fn image(agent: &Agent) -> String {
+    let dir = agent.dir.path().join("image");
+    if !dir.exists() {
+        busybox_rootfs(&dir);
+    }
+    dir.display().to_string()
+}
+
+fn run_dir(agent: &Agent) -> PathBuf {
+    agent.dir.path().join("run")
+}
+
+/// Runs `bottle run` to completion (bounded).
+fn bottle_run(agent: &Agent, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    let (tx, rx) = mpsc::channel();
+    let args: Vec<String> = full.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let socket = agent.socket();
+    std::thread::spawn(move || {
+        let mut cmd = Command::new(bin_dir().join("bottle"));
+        cmd.args(&args).env(bottle_api::HOST_ENV, socket);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let _ = tx.send(cmd.output().unwrap());
+    });
+    rx.recv_timeout(Duration::from_secs(90))
+        .unwrap_or_else(|_| panic!("bottle {full:?} did not finish:\n{}", agent.log()))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Mount points at or under `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Entries of a directory (none when it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Nothing of any bottle is left: no namespace, veth, mount, runc container, rootfs, bundle,
+/// bottle.
+fn assert_nothing_left(agent: &Agent) {
+    let run = run_dir(agent);
+    assert_eq!(
+        netns_with_prefix(&agent.slot.netns_prefix),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        links_with_prefix(&agent.slot.veth_prefix),
+        Vec::<String>::new()
+    );
+    assert_eq!(mounts_under(&run), Vec::<String>::new());
+    for sub in ["runc", "rootfs", "bundles"] {
+        assert_eq!(entries(&run.join(sub)), Vec::<String>::new(), "{sub}/");
+    }
+    assert_eq!(agent.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn privileged_run_streams_output_exit_codes_and_cleans_up() {
+    if !privileged("privileged_run_streams_output_exit_codes_and_cleans_up") {
+        return;
+    }
+    let agent = Agent::start(SLOT, "");
+    let img = image(&agent);
+
+    // The default user from the image, and exit 0.
+    let out = bottle_run(&agent, &["--rm", "--image", &img, "--", "id"], &[]);
+    assert!(out.status.success(), "{out:?}\nagent log:\n{}", agent.log());
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("uid=1000"), "{stdout}");
+    assert_nothing_left(&agent);
+
+    // The workload's exit status is the client's; stderr is streamed as stderr.
+    let out = bottle_run(
+        &agent,
+        &[
+            "--rm",
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "echo oops >&2; exit 7",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(text(&out.stderr), "oops\n");
+    assert_nothing_left(&agent);
+
+    // -e: the value reaches the workload, never an argv. `-e FOO` takes it from the client's
+    // environment, so it is not on the client's argv either.
+    let secret = format!("bar-{}-s3cr3t", std::process::id());
+    let mut child = Command::new(bin_dir().join("bottle"))
+        .args([
+            "run", "--rm", "--name", "envtest", "--image", &img, "-e", "FOO", "--",
+        ])
+        .args(["sh", "-c", "echo \"$FOO\"; exec sleep 3"])
+        .env(bottle_api::HOST_ENV, agent.socket())
+        .env("FOO", &secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("no output from the workload:\n{}", agent.log()));
+    assert_eq!(first, secret);
+    // The workload is running now (sleep): every process's argv, the container's included.
+    let mut on_argv = Vec::new();
+    for pid in entries(Path::new("/proc")) {
+        if let Ok(cmdline) = std::fs::read(Path::new("/proc").join(&pid).join("cmdline")) {
+            if text(&cmdline).contains(&secret) {
+                on_argv.push(format!("{pid}: {}", text(&cmdline).replace('\0', " ")));
+            }
+        }
+    }
+    assert!(on_argv.is_empty(), "secret on an argv: {on_argv:?}");
+    // Meanwhile the API answers: the manager is not held while the workload runs.
+    let listed = agent.ok(&["ls", "--json"]);
+    assert!(listed.contains("\"envtest\""), "{listed}");
+    assert!(
+        listed.contains("\"runc\""),
+        "launcher not recorded: {listed}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "run with sleep 3 did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert_nothing_left(&agent);
+}
+
+#[test]
+fn privileged_rm_stops_a_running_workload_and_oom_is_reported() {
+    if !privileged("privileged_rm_stops_a_running_workload_and_oom_is_reported") {
+        return;
+    }
+    let agent = Agent::start(SLOT, "");
+    let img = image(&agent);
+
+    // Without --rm: the bottle outlives nothing here, because `bottle rm` removes it while
+    // its workload runs: container first, then rootfs, then network.
+    let mut child = Command::new(bin_dir().join("bottle"))
+        .args(["run", "--name", "longrun", "--image", &img, "--"])
+        .args(["sh", "-c", "echo up; exec sleep 60"])
+        .env(bottle_api::HOST_ENV, agent.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("workload did not start:\n{}", agent.log()));
+    assert_eq!(first, "up");
+    agent.ok(&["rm", "longrun"]);
+    let mut status = None;
+    wait_for("the run to end after rm", Duration::from_secs(30), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.and_then(|s| s.code()), Some(137));
+    assert_nothing_left(&agent);
+
+    // A memory hog is killed by its limit; the client says so.
+    let out = bottle_run(
+        &agent,
+        &[
+            "--rm",
+            "--memory",
+            "32m",
+            "--image",
+            &img,
+            "--",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=256M",
+            "count=1",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    assert!(text(&out.stderr).contains("out of memory"), "{out:?}");
+    assert_nothing_left(&agent);
+
+    // A bad request leaves nothing behind either.
+    let out = bottle_run(
+        &agent,
+        &["--rm", "--image", "no-such-image", "--", "id"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no-such-image"), "{out:?}");
+    assert_nothing_left(&agent);
+}
