@@ -1,5 +1,5 @@
 //! End-to-end tests of `bottle run`: the real agent creates a bottle, runs a runc container
-//! in its namespace, streams the output and cleans up. Slot 41.
+//! in its namespace, streams the output and cleans up. Slots 41 and 43.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use bottle_tests::*;
 
 const SLOT: u8 = 41;
+/// Detached runs, logs, stop.
+const DETACH_SLOT: u8 = 43;
 
 /// A tiny image: busybox-static and a `bottle` user (1000:1000), as a rootfs directory.
 fn busybox_rootfs(root: &Path) {
@@ -51,6 +53,11 @@ fn run_dir(agent: &Agent) -> PathBuf {
 fn bottle_run(agent: &Agent, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut full = vec!["run"];
     full.extend_from_slice(args);
+    bottle_bounded(agent, &full, env)
+}
+
+/// Runs `bottle` to completion (bounded).
+fn bottle_bounded(agent: &Agent, full: &[&str], env: &[(&str, &str)]) -> Output {
     let (tx, rx) = mpsc::channel();
     let args: Vec<String> = full.iter().map(|s| s.to_string()).collect();
     let env: Vec<(String, String)> = env
@@ -278,5 +285,165 @@ fn privileged_rm_stops_a_running_workload_and_oom_is_reported() {
     );
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("no-such-image"), "{out:?}");
+    assert_nothing_left(&agent);
+}
+
+fn inspect(agent: &Agent, name: &str) -> serde_json::Value {
+    serde_json::from_str(&agent.ok(&["inspect", name, "--json"])).unwrap()
+}
+
+/// The `ls` line of bottle `name`.
+fn ls_line(agent: &Agent, name: &str) -> String {
+    agent
+        .ok(&["ls"])
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+#[test]
+fn privileged_detached_run_logs_stop_and_capped_log() {
+    use std::os::unix::fs::PermissionsExt;
+    if !privileged("privileged_detached_run_logs_stop_and_capped_log") {
+        return;
+    }
+    let agent = Agent::start(DETACH_SLOT, "");
+    let img = image(&agent);
+
+    // --detach answers once the workload has started; the workload runs on.
+    // A detached run that cannot start is refused like any other and leaves nothing.
+    let out = bottle_bounded(
+        &agent,
+        &["run", "--detach", "--name", "bg", "--image", &img],
+        &[],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("no command"), "{out:?}");
+    assert_nothing_left(&agent);
+    let started = Instant::now();
+    let out = bottle_bounded(
+        &agent,
+        &[
+            "run",
+            "--detach",
+            "--name",
+            "bg2",
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "echo hello; sleep 30",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}\nagent log:\n{}", agent.log());
+    assert_eq!(text(&out.stdout).trim(), "bg2");
+    assert!(started.elapsed() < Duration::from_secs(25), "detach waited");
+
+    wait_for("hello in the workload log", Duration::from_secs(30), || {
+        text(&bottle_bounded(&agent, &["logs", "bg2"], &[]).stdout).contains("hello")
+    });
+    let line = ls_line(&agent, "bg2");
+    assert!(line.contains("running"), "{line}");
+    assert!(line.contains(&img), "image not shown: {line}");
+    let info = inspect(&agent, "bg2");
+    assert_eq!(info["workload"]["status"], "running", "{info}");
+    let id = info["id"].as_str().unwrap().to_owned();
+    let log = agent.state_dir().join(&id).join("workload.log");
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // stop: SIGTERM, SIGKILL after 2 s; returns once it has exited, with the code recorded.
+    let started = Instant::now();
+    let out = bottle_bounded(&agent, &["stop", "--time", "2", "bg2"], &[]);
+    assert!(out.status.success(), "{out:?}\nagent log:\n{}", agent.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "stop took too long"
+    );
+    let line = ls_line(&agent, "bg2");
+    assert!(
+        line.contains("exited(143)") || line.contains("exited(137)"),
+        "{line}"
+    );
+    let code = inspect(&agent, "bg2")["workload"]["exit_code"].as_i64();
+    assert!(matches!(code, Some(137 | 143)), "{code:?}");
+    // The log outlives the workload; -f ends when the workload has.
+    let out = bottle_bounded(&agent, &["logs", "-f", "bg2"], &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "hello\n");
+    // Stopping again is harmless.
+    agent.ok(&["stop", "bg2"]);
+    agent.ok(&["rm", "bg2"]);
+    assert!(!agent.state_dir().join(&id).exists());
+    assert_nothing_left(&agent);
+
+    // A foreground run writes the same log and records its exit code.
+    let out = bottle_run(
+        &agent,
+        &[
+            "--name",
+            "fg",
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let logged = text(&bottle_bounded(&agent, &["logs", "fg"], &[]).stdout);
+    assert!(
+        logged.contains("out\n") && logged.contains("err\n"),
+        "{logged}"
+    );
+    assert!(ls_line(&agent, "fg").contains("exited(3)"));
+    agent.ok(&["rm", "fg"]);
+    assert_nothing_left(&agent);
+
+    // Much more output than the cap: at most the cap on disk, plus one rotated generation.
+    let cap = 8u64 << 20;
+    let out = bottle_bounded(
+        &agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "big",
+            "--image",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "dd if=/dev/zero bs=1048576 count=40 2>/dev/null; echo done",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}\nagent log:\n{}", agent.log());
+    wait_for("the big workload to exit", Duration::from_secs(60), || {
+        inspect(&agent, "big")["workload"]["exit_code"] == 0
+    });
+    let id = inspect(&agent, "big")["id"].as_str().unwrap().to_owned();
+    let dir = agent.state_dir().join(&id);
+    let (current, rotated) = (
+        file_size(&dir.join("workload.log")),
+        file_size(&dir.join("workload.log.1")),
+    );
+    assert!(current <= cap && rotated <= cap, "{current} {rotated}");
+    assert!(rotated > 0, "never rotated");
+    assert!(!dir.join("workload.log.2").exists());
+    assert!(std::fs::read(dir.join("workload.log"))
+        .unwrap()
+        .ends_with(b"done\n"));
+    agent.ok(&["rm", "big"]);
+    assert!(!dir.exists());
     assert_nothing_left(&agent);
 }

@@ -16,9 +16,12 @@
 //! | `PUT /v1/bottles/{name}/policy`    | [`SetPolicy`]          | [`BottleInfo`]      |
 //! | `GET /v1/bottles/{name}/ca`        |                        | CA certificate, PEM |
 //! | `GET /v1/bottles/{name}/audit`     | `?offset=N`            | audit log bytes     |
+//! | `GET /v1/bottles/{name}/logs`      | `?offset=N`            | workload log bytes  |
+//! | `POST /v1/bottles/{name}/stop`     | [`StopRequest`]        | [`BottleInfo`]      |
 //! | `GET /v1/kill-switch`              |                        | [`KillSwitch`]      |
 //! | `PUT /v1/kill-switch`              | [`KillSwitch`]         | [`KillSwitch`]      |
 //! | `POST /v1/run`                     | [`RunRequest`]         | [`RunFrame`] stream |
+//! |                                    | (`detach: true`)       | [`BottleInfo`]      |
 //!
 //! Every request body rejects unknown fields, so a typo is an error rather than a silently
 //! ignored setting.
@@ -121,6 +124,53 @@ pub struct BottleInfo {
     /// Hosts of the egress policy's routes (no credentials).
     #[serde(default)]
     pub egress_hosts: Vec<String>,
+    /// The workload launched in the bottle (`bottle run`), if any. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadInfo>,
+}
+
+impl BottleInfo {
+    /// One word for `ls`: `frozen`, else the workload's `running` / `exited(CODE)`, else
+    /// `ready`.
+    pub fn display_state(&self) -> String {
+        match (&self.state, &self.workload) {
+            (BottleState::Frozen, _) => "frozen".into(),
+            (_, Some(w)) => match (w.status, w.exit_code) {
+                (WorkloadStatus::Running, _) => "running".into(),
+                (WorkloadStatus::Exited, Some(code)) => format!("exited({code})"),
+                (WorkloadStatus::Exited, None) => "exited(?)".into(),
+            },
+            (BottleState::Ready, None) => "ready".into(),
+        }
+    }
+}
+
+/// Whether a bottle's workload still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadStatus {
+    Running,
+    Exited,
+}
+
+/// A bottle's workload, as `ls` and `inspect` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadInfo {
+    /// The image as the run named it.
+    pub image: String,
+    pub status: WorkloadStatus,
+    /// Set once the workload has exited (255 when its status could not be had).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// `POST /v1/bottles/{name}/stop`: SIGTERM, then SIGKILL after the grace period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// Seconds between SIGTERM and SIGKILL; the agent's default (10) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_secs: Option<u64>,
 }
 
 /// Packet and byte totals for one direction.
@@ -272,6 +322,10 @@ pub struct RunRequest {
     /// Remove the bottle once the workload has exited.
     #[serde(default)]
     pub remove: bool,
+    /// Answer with the bottle's [`BottleInfo`] once the workload has started instead of
+    /// streaming its output; the workload keeps running, its output goes to its log only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detach: bool,
 }
 
 /// One unit of the `POST /v1/run` response stream.
@@ -421,6 +475,33 @@ mod run_frame_tests {
         let mut d = RunFrameDecoder::default();
         d.push(b"3 1\nx");
         assert!(d.next_frame().is_err());
+    }
+
+    #[test]
+    fn bottle_info_without_workload_still_parses_and_shows_state() {
+        let old = r#"{"id":"0123abcd","name":"a","owner_uid":0,"created_at":1,"launcher":"none",
+            "state":"ready","netns":"n","host_interface":"h","bottle_address":"10.0.0.2",
+            "gateway_address":"10.0.0.1","prefix_len":30,"allowed_ports":[]}"#;
+        let mut info: BottleInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(info.display_state(), "ready");
+        assert!(!serde_json::to_string(&info).unwrap().contains("workload"));
+        info.workload = Some(WorkloadInfo {
+            image: "busybox".into(),
+            status: WorkloadStatus::Running,
+            exit_code: None,
+        });
+        assert_eq!(info.display_state(), "running");
+        info.workload = Some(WorkloadInfo {
+            image: "busybox".into(),
+            status: WorkloadStatus::Exited,
+            exit_code: Some(143),
+        });
+        assert_eq!(info.display_state(), "exited(143)");
+        info.state = BottleState::Frozen;
+        assert_eq!(info.display_state(), "frozen");
+        let r: RunRequest = serde_json::from_str(r#"{"image":"x"}"#).unwrap();
+        assert!(!r.detach);
+        assert!(!serde_json::to_string(&r).unwrap().contains("detach"));
     }
 
     #[test]

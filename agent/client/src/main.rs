@@ -69,6 +69,13 @@ enum Command {
         /// Remove the bottle once the command has exited.
         #[arg(long)]
         rm: bool,
+        /// Return once the command has started and leave it running; its output goes to
+        /// `bottle logs NAME`, `bottle stop NAME` ends it. Prints the bottle's name.
+        #[arg(short, long)]
+        detach: bool,
+        /// With --detach: print the bottle as JSON.
+        #[arg(long, requires = "detach")]
+        json: bool,
         /// The command and its arguments (after `--`); the image's default when absent.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -84,9 +91,17 @@ enum Command {
         /// Show the network audit log (DNS, TLS, HTTP, DLP decisions).
         #[arg(long)]
         net: bool,
-        /// Keep following new entries.
+        /// Keep following new output (the workload's until it exits).
         #[arg(short, long)]
         follow: bool,
+    },
+    /// Stop a bottle's workload: SIGTERM, then SIGKILL after the grace period; returns once
+    /// it has exited.
+    Stop {
+        name: String,
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
     },
     /// Print the bottle's CA certificate (PEM).
     Ca { name: String },
@@ -276,6 +291,8 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             cpus,
             egress,
             rm,
+            detach,
+            json,
             command,
         } => {
             let (policy, secrets) = match &egress.egress {
@@ -301,7 +318,17 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                     cpus,
                 },
                 remove: rm,
+                detach,
             };
+            if detach {
+                let info = run::detached(&client, &req).await?;
+                if json {
+                    print_json(&info)?;
+                } else {
+                    println!("{}", info.name);
+                }
+                return Ok(None);
+            }
             return Ok(Some(run::run(&client, &req).await?));
         }
         Command::Create { name, egress, json } => {
@@ -399,22 +426,20 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             );
         }
         Command::Logs { name, net, follow } => {
-            if !net {
-                return Err(CliError::Env(
-                    "workload logs come with the container launcher; use `bottle logs --net NAME` for the network audit log".into(),
-                ));
-            }
+            let what = if net { "audit" } else { "logs" };
             let mut offset = 0u64;
             loop {
                 let page: serde_json::Value = client
-                    .get(&format!("/v1/bottles/{name}/audit?offset={offset}"))
+                    .get(&format!("/v1/bottles/{name}/{what}?offset={offset}"))
                     .await?;
                 if let Some(lines) = page["lines"].as_str() {
                     print!("{lines}");
                 }
                 let next = page["next_offset"].as_u64().unwrap_or(offset);
                 let size = page["size"].as_u64().unwrap_or(0);
-                if next >= size && !follow {
+                // The workload's log ends with the workload; the audit log goes on.
+                let live = follow && page["running"].as_bool().unwrap_or(net);
+                if next >= size && !live {
                     break;
                 }
                 if next == offset || next >= size {
@@ -422,6 +447,10 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                 }
                 offset = next;
             }
+        }
+        Command::Stop { name, time } => {
+            let info = run::stop(&client, &name, time).await?;
+            println!("{} {}", info.name, info.display_state());
         }
         Command::KillSwitch { action, json } => {
             let state: KillSwitch = match action {

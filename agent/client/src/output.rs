@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bottle_api::{BottleInfo, BottleState, BottleStats};
+use bottle_api::{BottleInfo, BottleStats};
 
 pub fn age(created_at: u64) -> String {
     let now = SystemTime::now()
@@ -18,24 +18,23 @@ pub fn age(created_at: u64) -> String {
     }
 }
 
-fn state(s: BottleState) -> &'static str {
-    match s {
-        BottleState::Ready => "ready",
-        BottleState::Frozen => "frozen",
-    }
+/// The workload's image, `-` when there is none.
+fn image(b: &BottleInfo) -> &str {
+    b.workload.as_ref().map_or("-", |w| w.image.as_str())
 }
 
 pub fn bottle_table(bottles: &[BottleInfo]) -> String {
     let mut out = format!(
-        "{:<32} {:<9} {:<8} {:<16} {:<6} {}\n",
-        "NAME", "ID", "STATE", "ADDRESS", "AGE", "OWNER"
+        "{:<32} {:<9} {:<11} {:<20} {:<16} {:<6} {}\n",
+        "NAME", "ID", "STATE", "IMAGE", "ADDRESS", "AGE", "OWNER"
     );
     for b in bottles {
         out.push_str(&format!(
-            "{:<32} {:<9} {:<8} {:<16} {:<6} {}\n",
+            "{:<32} {:<9} {:<11} {:<20} {:<16} {:<6} {}\n",
             b.name,
             b.id,
-            state(b.state),
+            b.display_state(),
+            image(b),
             b.bottle_address,
             age(b.created_at),
             b.owner_uid
@@ -46,11 +45,12 @@ pub fn bottle_table(bottles: &[BottleInfo]) -> String {
 
 pub fn inspect(b: &BottleInfo) -> String {
     format!(
-        "name:       {}\nid:         {}\nowner uid:  {}\nstate:      {}\ncreated:    {} ago\nlauncher:   {}\nnetns:      {}\ninterface:  {} (host side)\naddress:    {}/{}\ngateway:    {}\nallowed:    {}\n",
+        "name:       {}\nid:         {}\nowner uid:  {}\nstate:      {}\nimage:      {}\ncreated:    {} ago\nlauncher:   {}\nnetns:      {}\ninterface:  {} (host side)\naddress:    {}/{}\ngateway:    {}\nallowed:    {}\n",
         b.name,
         b.id,
         b.owner_uid,
-        state(b.state),
+        b.display_state(),
+        image(b),
         age(b.created_at),
         b.launcher,
         b.netns,

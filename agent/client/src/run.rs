@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
-use bottle_api::{RunFrame, RunFrameDecoder, RunRequest};
+use bottle_api::{BottleInfo, RunFrame, RunFrameDecoder, RunRequest, StopRequest};
 use http_body_util::BodyExt;
 
 use crate::http::{Client, ClientError};
@@ -64,6 +64,41 @@ pub fn parse_size(s: &str) -> Result<u64, RunError> {
         _ => return Err(bad()),
     };
     n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// How long reading a JSON answer may take once its head has arrived.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// POSTs `body` and decodes the JSON answer, waiting up to `head_timeout` for it.
+async fn post_json<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    path: &str,
+    body: &impl serde::Serialize,
+    head_timeout: Duration,
+) -> Result<T, RunError> {
+    let body = client.stream(path, body, head_timeout).await?;
+    let bytes = tokio::time::timeout(BODY_TIMEOUT, body.collect())
+        .await
+        .map_err(|_| ClientError::Timeout(BODY_TIMEOUT))?
+        .map_err(|e| RunError::Lost(e.to_string()))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RunError::Client(ClientError::Protocol(format!("unexpected response: {e}"))))
+}
+
+/// `run --detach`: returns the bottle once its workload has started.
+pub async fn detached(client: &Client, req: &RunRequest) -> Result<BottleInfo, RunError> {
+    post_json(client, "/v1/run", req, START_TIMEOUT).await
+}
+
+/// `stop`: returns once the workload has exited (the agent bounds the wait by the grace
+/// period plus a fixed time for SIGKILL to take).
+pub async fn stop(client: &Client, name: &str, time_secs: u64) -> Result<BottleInfo, RunError> {
+    let wait = Duration::from_secs(time_secs.saturating_add(60));
+    let req = StopRequest {
+        time_secs: Some(time_secs),
+    };
+    post_json(client, &format!("/v1/bottles/{name}/stop"), &req, wait).await
 }
 
 /// Sends the request, copies the workload's output to ours as it arrives, and returns the

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bottle_api::{
-    ApiError, CreateBottle, ErrorCode, KillSwitch, RunRequest, VersionInfo, MAX_REQUEST_BODY,
+    ApiError, CreateBottle, ErrorCode, KillSwitch, RunRequest, StopRequest, VersionInfo,
+    MAX_REQUEST_BODY,
 };
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -137,6 +138,32 @@ pub async fn serve(listener: UnixListener, manager: Arc<Mutex<Manager>>) {
     }
 }
 
+/// Bytes of a log (audit or workload) per page.
+const LOG_PAGE: usize = 1024 * 1024;
+
+/// `?offset=N` (0 when absent or malformed).
+fn query_offset<B>(req: &Request<B>) -> u64 {
+    req.uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("offset=")))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// One page of a log: `{offset, next_offset, size, lines[, running]}`.
+fn log_page(bytes: &[u8], start: u64, size: u64, running: Option<bool>) -> Response<Body> {
+    let mut page = serde_json::json!({
+        "offset": start,
+        "next_offset": start + bytes.len() as u64,
+        "size": size,
+        "lines": String::from_utf8_lossy(bytes),
+    });
+    if let Some(running) = running {
+        page["running"] = serde_json::Value::Bool(running);
+    }
+    json(StatusCode::OK, &page)
+}
+
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(full(body));
@@ -246,7 +273,12 @@ async fn route(
         }
         (&Method::POST, ["run"]) => {
             let body: RunRequest = read_json(req).await?;
-            let rx = crate::run::start(caller, manager, body).await?;
+            let rx = match crate::run::start(caller, manager, body).await? {
+                crate::run::Started::Stream(rx) => rx,
+                crate::run::Started::Detached(info) => {
+                    return Ok(json(StatusCode::CREATED, &info));
+                }
+            };
             let mut resp = Response::new(streamed(rx));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -290,27 +322,26 @@ async fn route(
             Ok(resp)
         }
         (&Method::GET, ["bottles", name, "audit"]) => {
-            let offset = req
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("offset=")))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
             let (bytes, start, size) =
                 manager
                     .lock()
                     .await
-                    .audit(caller, name, offset, 1024 * 1024)?;
-            let next = start + bytes.len() as u64;
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "offset": start,
-                    "next_offset": next,
-                    "size": size,
-                    "lines": String::from_utf8_lossy(&bytes),
-                }),
-            ))
+                    .audit(caller, name, query_offset(&req), LOG_PAGE)?;
+            Ok(log_page(&bytes, start, size, None))
+        }
+        (&Method::GET, ["bottles", name, "logs"]) => {
+            let (bytes, start, size, running) =
+                manager
+                    .lock()
+                    .await
+                    .workload_log(caller, name, query_offset(&req), LOG_PAGE)?;
+            Ok(log_page(&bytes, start, size, Some(running)))
+        }
+        (&Method::POST, ["bottles", name, "stop"]) => {
+            let body: StopRequest = read_json(req).await?;
+            let grace = body.time_secs.map(Duration::from_secs);
+            let info = crate::run::stop(caller, manager, name, grace).await?;
+            Ok(json(StatusCode::OK, &info))
         }
         (&Method::GET, ["stats"]) => Ok(json(
             StatusCode::OK,

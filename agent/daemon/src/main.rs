@@ -5,6 +5,7 @@ mod config;
 mod datapath;
 mod ipam;
 mod launch;
+mod logfile;
 mod manager;
 mod netns;
 mod network;

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bottle_api::{
     validate_name, ApiError, BottleInfo, BottleState, BottleStats, CreateBottle, Drops, ErrorCode,
-    KernelCounters, Traffic,
+    KernelCounters, Traffic, WorkloadInfo, WorkloadStatus,
 };
 use bottle_ebpf::maps::{BottleCounters, DropReason};
 use rand::Rng;
@@ -20,11 +20,12 @@ use crate::config::AgentConfig;
 use crate::datapath::{BottleDatapath, Datapath, DatapathError};
 use crate::ipam::{Block, Ipam, IpamError};
 use crate::launch;
+use crate::logfile;
 use crate::netns::{self, NetnsError};
 use crate::network::{self, NetworkError};
-use crate::paths::KILL_SWITCH_FILE;
+use crate::paths::{KILL_SWITCH_FILE, WORKLOAD_LOG};
 use crate::services::{ServiceSettings, Services, ServicesError, StoredPolicy};
-use crate::state::{self, Metadata, StateError};
+use crate::state::{self, Metadata, StateError, WorkloadRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -198,6 +199,15 @@ impl Manager {
                 .as_ref()
                 .map(|s| s.stored.hosts())
                 .unwrap_or_default(),
+            workload: m.workload.as_ref().map(|w| WorkloadInfo {
+                image: w.image.clone(),
+                status: if w.exit_code.is_some() {
+                    WorkloadStatus::Exited
+                } else {
+                    WorkloadStatus::Running
+                },
+                exit_code: w.exit_code,
+            }),
         }
     }
 
@@ -277,6 +287,7 @@ impl Manager {
             gateway_address: block.gateway,
             prefix_len: block.prefix_len,
             frozen: false,
+            workload: None,
         };
         let mut ifindex = None;
         match self
@@ -549,8 +560,8 @@ impl Manager {
         Ok(services.ctx.ca.cert_pem().to_string())
     }
 
-    /// Up to `max` bytes of the audit log from `offset`; returns (bytes, file size). An
-    /// offset past the end (after a rotation) restarts from 0.
+    /// Up to `max` bytes (whole lines) of the audit log from `offset`; returns (bytes, start,
+    /// file size). An offset past the end (after a rotation) restarts from 0.
     pub fn audit(
         &self,
         caller: Caller,
@@ -558,7 +569,6 @@ impl Manager {
         offset: u64,
         max: usize,
     ) -> Result<(Vec<u8>, u64, u64)> {
-        use std::io::{Read, Seek, SeekFrom};
         let bottle = self.visible(caller, name)?;
         // Lines are written by a background thread; let it catch up (bounded).
         if let Some(services) = &bottle.services {
@@ -569,23 +579,45 @@ impl Manager {
         }
         let path = state::bottle_dir(&self.config.state_dir, &bottle.meta.id)
             .join(bottle_proxy::audit::AUDIT_FILE);
-        let Ok(mut file) = std::fs::File::open(&path) else {
-            return Ok((Vec::new(), 0, 0));
+        Ok(logfile::read_chunk(&path, offset, max, true))
+    }
+
+    /// Up to `max` bytes of the workload's log from `offset`, as [`audit`](Self::audit), and
+    /// whether the workload still runs.
+    pub fn workload_log(
+        &self,
+        caller: Caller,
+        name: &str,
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<u8>, u64, u64, bool)> {
+        let bottle = self.visible(caller, name)?;
+        let running = bottle
+            .meta
+            .workload
+            .as_ref()
+            .is_some_and(|w| w.exit_code.is_none());
+        let path = self.workload_log_path(&bottle.meta.id);
+        let (bytes, start, size) = logfile::read_chunk(&path, offset, max, false);
+        Ok((bytes, start, size, running))
+    }
+
+    /// Where a bottle's workload output is kept.
+    pub fn workload_log_path(&self, id: &str) -> std::path::PathBuf {
+        state::bottle_dir(&self.config.state_dir, id).join(WORKLOAD_LOG)
+    }
+
+    /// Records the workload of bottle `name` if it still is the bottle with this id (a run
+    /// ending after its bottle was removed and the name reused must not touch the new one).
+    pub fn record_workload(&mut self, name: &str, id: &str, record: WorkloadRecord) -> Result<()> {
+        let Some(bottle) = self.bottles.get_mut(name).filter(|b| b.meta.id == id) else {
+            return Ok(());
         };
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let start = if offset > size { 0 } else { offset };
-        let mut buf = Vec::new();
-        if file.seek(SeekFrom::Start(start)).is_ok() {
-            let _ = file.take(max as u64).read_to_end(&mut buf);
-        }
-        // Only whole lines.
-        let end = buf
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map(|i| i + 1)
-            .unwrap_or(0);
-        buf.truncate(end);
-        Ok((buf, start, size))
+        let mut meta = bottle.meta.clone();
+        meta.workload = Some(record);
+        state::save(&self.config.state_dir, &meta)?;
+        bottle.meta = meta;
+        Ok(())
     }
 
     pub fn stats(&self, caller: Caller, name: &str) -> Result<BottleStats> {

@@ -26,6 +26,8 @@ pub const PRIVATE_FILE_MODE: u32 = 0o600;
 
 /// File names inside a bottle's state directory and the pin root.
 pub const METADATA_FILE: &str = "metadata.json";
+/// The workload's stdout and stderr, in the bottle's state directory (0600, size-capped).
+pub const WORKLOAD_LOG: &str = "workload.log";
 pub const KILL_SWITCH_FILE: &str = "kill-switch";
 pub const LOCK_FILE: &str = "agent.lock";
 pub const MAPS_PIN_DIR: &str = "maps";

@@ -6,23 +6,33 @@
 //! the workload run without it, so every other API call keeps working meanwhile. The
 //! container's init is re-parented to the agent (a child subreaper, set in `main`); a
 //! dedicated thread reaps it. If the client goes away, the workload is killed: a
-//! non-interactive run lives exactly as long as the request that started it.
+//! non-interactive run lives exactly as long as the request that started it, unless it was
+//! detached (`detach`), in which case the API answers once the workload has started and the
+//! workload lives on until it exits, is stopped ([`stop`]) or its bottle removed.
+//!
+//! Either way the output also goes to a size-capped log in the bottle's state directory
+//! (`workload.log`, 0600, one rotated generation), and the exit code is recorded in the
+//! bottle's metadata.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bottle_api::{ApiError, ErrorCode, RunFrame, RunRequest};
-use bottle_launcher::runc::{self, Container};
+use bottle_api::{ApiError, BottleInfo, ErrorCode, RunFrame, RunRequest};
+use bottle_launcher::runc::{self, Container, Runc};
 use bottle_launcher::Status;
 use bytes::Bytes;
-use tokio::sync::{mpsc, Mutex};
-use tracing::{error, info, warn};
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, watch, Mutex};
+use tracing::{debug, error, info, warn};
 
 use crate::launch::{self, LaunchParams};
+use crate::logfile::CappedLog;
 use crate::manager::{Caller, Manager};
-use crate::paths::NETNS_DIR;
+use crate::paths::{NETNS_DIR, RUNC_BINARY};
+use crate::state::WorkloadRecord;
 
 /// One piece of the response body; `End` is the last one (the exit trailer).
 pub enum Msg {
@@ -40,6 +50,31 @@ const POLL: Duration = Duration::from_millis(500);
 /// How long the output readers may take to drain after the workload exited (the pipes close
 /// when the container's last process is gone, which the kernel ensures when init dies).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest workload log; one rotated generation (`workload.log.1`) is kept besides.
+pub const LOG_CAP: u64 = 8 << 20;
+/// `stop`: default grace period between SIGTERM and SIGKILL, and its upper bound.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+const MAX_STOP_GRACE: Duration = Duration::from_secs(600);
+/// `stop`: how long the workload may take to be reaped (and cleaned up) after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+
+/// Running workloads by bottle id. Each entry's sender lives in the workload's reaper and is
+/// dropped once the workload has exited and its exit code is recorded, which wakes `stop`.
+static RUNNING: std::sync::Mutex<BTreeMap<String, watch::Receiver<()>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+fn running() -> std::sync::MutexGuard<'static, BTreeMap<String, watch::Receiver<()>>> {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What `POST /v1/run` answers with.
+pub enum Started {
+    /// The workload's output and exit status, as they come.
+    Stream(mpsc::Receiver<Msg>),
+    /// `detach`: the bottle; the workload runs on.
+    Detached(Box<BottleInfo>),
+}
 
 /// Bounds on what a request may carry.
 const MAX_IMAGE_SPEC: usize = 4096;
@@ -90,13 +125,14 @@ fn validate(caller: Caller, req: &RunRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Creates the bottle, launches the workload and returns the stream of its output. Errors
-/// before the workload starts are returned (and leave no bottle behind).
+/// Creates the bottle, launches the workload and returns the stream of its output (or, when
+/// detached, the bottle). Errors before the workload starts are returned (and leave no bottle
+/// behind).
 pub async fn start(
     caller: Caller,
     manager: Arc<Mutex<Manager>>,
     req: RunRequest,
-) -> Result<mpsc::Receiver<Msg>, ApiError> {
+) -> Result<Started, ApiError> {
     validate(caller, &req)?;
     // On a task of its own: if the client goes away mid-launch, hyper drops this future, but
     // the launch still completes and hands over to its reaper, which then sees nobody
@@ -110,12 +146,18 @@ async fn launch(
     caller: Caller,
     manager: Arc<Mutex<Manager>>,
     req: RunRequest,
-) -> Result<mpsc::Receiver<Msg>, ApiError> {
-    let (info, ca_pem, run_dir, image_dir) = {
+) -> Result<Started, ApiError> {
+    let (info, ca_pem, run_dir, image_dir, log_path) = {
         let mut m = manager.lock().await;
         let info = m.create_with(caller, req.create.clone(), "runc").await?;
         match m.ca_pem(caller, &info.name) {
-            Ok(ca) => (info, ca, m.run_dir(), m.image_dir()),
+            Ok(ca) => (
+                info.clone(),
+                ca,
+                m.run_dir(),
+                m.image_dir(),
+                m.workload_log_path(&info.id),
+            ),
             Err(e) => {
                 let _ = m.remove(caller, &info.name).await;
                 return Err(e.into());
@@ -160,39 +202,76 @@ async fn launch(
             });
         }
     };
-    info!(bottle = %info.name, id = %info.id, pid = started.pid, "workload started");
+    info!(bottle = %info.name, id = %info.id, pid = started.pid, detach = req.detach, "workload started");
+    let record = WorkloadRecord {
+        image: req.image.clone(),
+        exit_code: None,
+    };
+    let recorded = manager
+        .lock()
+        .await
+        .record_workload(&info.name, &info.id, record);
+    if let Err(e) = recorded {
+        warn!(bottle = %info.name, error = %e, "cannot record the workload");
+    }
 
-    let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
+    let log = Arc::new(std::sync::Mutex::new(CappedLog::open(log_path, LOG_CAP)));
+    let (tx, rx) = if req.detach {
+        (None, None)
+    } else {
+        let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
+        (Some(tx), Some(rx))
+    };
     let readers = vec![
-        reader(started.stdout, tx.clone(), RunFrame::Stdout),
-        reader(started.stderr, tx.clone(), RunFrame::Stderr),
+        reader(started.stdout, tx.clone(), log.clone(), RunFrame::Stdout),
+        reader(started.stderr, tx.clone(), log, RunFrame::Stderr),
     ];
+    let (done, done_rx) = watch::channel(());
+    running().insert(info.id.clone(), done_rx);
     let handle = tokio::runtime::Handle::current();
+    let (name, id) = (info.name.clone(), info.id.clone());
     let job = Job {
         caller,
-        manager,
+        manager: manager.clone(),
         handle,
-        name: info.name,
-        id: info.id,
+        name,
+        id,
         run_dir,
         remove: req.remove,
+        image: req.image.clone(),
         container: started.container,
         pid: started.pid,
         readers,
         tx,
+        done,
     };
-    std::thread::Builder::new()
+    let id = job.id.clone();
+    if let Err(e) = std::thread::Builder::new()
         .name(format!("run-{}", job.id))
         .spawn(move || job.supervise())
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot start reaper: {e}")))?;
-    Ok(rx)
+    {
+        running().remove(&id);
+        return Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("cannot start reaper: {e}"),
+        ));
+    }
+    match rx {
+        Some(rx) => Ok(Started::Stream(rx)),
+        None => {
+            let now = manager.lock().await.get(caller, &info.name);
+            Ok(Started::Detached(Box::new(now.unwrap_or(info))))
+        }
+    }
 }
 
-/// Forwards one pipe as frames until EOF. Keeps reading when the client is gone, so the
-/// workload never blocks on a full pipe while it is being killed.
+/// Copies one pipe to the log and (when a client listens) as frames until EOF. Keeps reading
+/// when the client is gone, so the workload never blocks on a full pipe while it is being
+/// killed (or, detached, ever).
 fn reader(
     mut pipe: std::fs::File,
-    tx: mpsc::Sender<Msg>,
+    tx: Option<mpsc::Sender<Msg>>,
+    log: Arc<std::sync::Mutex<CappedLog>>,
     frame: fn(Vec<u8>) -> RunFrame,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
@@ -201,8 +280,13 @@ fn reader(
             match pipe.read(&mut buf) {
                 Ok(0) => return,
                 Ok(n) => {
-                    let bytes = Bytes::from(frame(buf[..n].to_vec()).encode());
-                    let _ = tx.blocking_send(Msg::Frame(bytes));
+                    log.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .write(&buf[..n]);
+                    if let Some(tx) = &tx {
+                        let bytes = Bytes::from(frame(buf[..n].to_vec()).encode());
+                        let _ = tx.blocking_send(Msg::Frame(bytes));
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return,
@@ -219,10 +303,14 @@ struct Job {
     id: String,
     run_dir: std::path::PathBuf,
     remove: bool,
+    image: String,
     container: Container,
     pid: i32,
     readers: Vec<JoinHandle<()>>,
-    tx: mpsc::Sender<Msg>,
+    /// `None` when detached.
+    tx: Option<mpsc::Sender<Msg>>,
+    /// Dropped when the job ends: wakes whoever waits in [`stop`].
+    done: watch::Sender<()>,
 }
 
 impl Job {
@@ -242,6 +330,26 @@ impl Job {
         // The cgroup (and its OOM counter) disappears with `runc delete`.
         let oom = code == Some(137) && launch::oom_killed(&self.id);
         let mut problems = launch::cleanup(&self.run_dir, &self.id);
+        let (code, reason) = match code {
+            Some(c) => (c, oom.then(|| "out of memory".to_owned())),
+            None => (
+                255,
+                Some("exit status unknown (see the agent log)".to_owned()),
+            ),
+        };
+        if !self.remove {
+            let (manager, name, id) = (self.manager.clone(), self.name.clone(), self.id.clone());
+            let record = WorkloadRecord {
+                image: self.image.clone(),
+                exit_code: Some(code),
+            };
+            let recorded = self
+                .handle
+                .block_on(async move { manager.lock().await.record_workload(&name, &id, record) });
+            if let Err(e) = recorded {
+                problems.push(format!("recording the exit code: {e}"));
+            }
+        }
         if self.remove {
             let (manager, caller, name, id) = (
                 self.manager.clone(),
@@ -258,21 +366,19 @@ impl Job {
         }
         for p in &problems {
             error!(bottle = %self.name, problem = %p, "cleanup after run");
-            let _ = self
-                .tx
-                .blocking_send(Msg::Frame(Bytes::from(RunFrame::Error(p.clone()).encode())));
+            if let Some(tx) = &self.tx {
+                let _ =
+                    tx.blocking_send(Msg::Frame(Bytes::from(RunFrame::Error(p.clone()).encode())));
+            }
         }
-        let (code, reason) = match code {
-            Some(c) => (c, oom.then(|| "out of memory".to_owned())),
-            None => (
-                255,
-                Some("exit status unknown (see the agent log)".to_owned()),
-            ),
-        };
         info!(bottle = %self.name, code, ?reason, "workload finished");
-        let _ = self.tx.blocking_send(Msg::End(Bytes::from(
-            RunFrame::Exit { code, reason }.encode(),
-        )));
+        running().remove(&self.id);
+        if let Some(tx) = &self.tx {
+            let _ = tx.blocking_send(Msg::End(Bytes::from(
+                RunFrame::Exit { code, reason }.encode(),
+            )));
+        }
+        drop(self.done);
     }
 
     /// The workload's exit status; `None` if it cannot be had (the init was never ours to
@@ -289,9 +395,9 @@ impl Job {
                     return None;
                 }
             }
-            if self.tx.is_closed() && !killed {
+            if self.tx.as_ref().is_some_and(|tx| tx.is_closed()) && !killed {
                 warn!(bottle = %self.name, "client went away; killing the workload");
-                if let Err(e) = self.container.kill(nix::sys::signal::Signal::SIGKILL, true) {
+                if let Err(e) = self.container.kill(Signal::SIGKILL, true) {
                     warn!(bottle = %self.name, error = %e, "kill");
                 }
                 killed = true;
@@ -307,4 +413,58 @@ impl Job {
             }
         }
     }
+}
+
+/// `POST /v1/bottles/{name}/stop`: SIGTERM to every process of the workload, SIGKILL after
+/// `grace`, and returns once the workload has exited and its exit code is recorded. The
+/// manager's lock is taken only to look the bottle up, never while waiting.
+pub async fn stop(
+    caller: Caller,
+    manager: Arc<Mutex<Manager>>,
+    name: &str,
+    grace: Option<Duration>,
+) -> Result<BottleInfo, ApiError> {
+    let grace = grace.unwrap_or(STOP_GRACE).min(MAX_STOP_GRACE);
+    let (before, run_dir) = {
+        let m = manager.lock().await;
+        (m.get(caller, name)?, m.run_dir())
+    };
+    let Some(mut done) = running().get(&before.id).cloned() else {
+        // Nothing runs (never did, or already exited).
+        return Ok(before);
+    };
+    let signal = |sig: Signal| {
+        let (run_dir, id, name) = (run_dir.clone(), before.id.clone(), before.name.clone());
+        tokio::task::spawn_blocking(move || {
+            let sent = Runc::new(RUNC_BINARY, &launch::runc_root(&run_dir))
+                .and_then(|r| r.container(&id))
+                .and_then(|c| c.kill(sig, true));
+            // Fails when the workload exited meanwhile: the wait below tells.
+            if let Err(e) = sent {
+                debug!(bottle = %name, signal = ?sig, error = %e, "stop: kill");
+            }
+        })
+    };
+    info!(bottle = %before.name, grace_secs = grace.as_secs(), "stopping the workload");
+    let _ = signal(Signal::SIGTERM).await;
+    // `changed` fails once the reaper dropped its sender: the workload is gone.
+    if tokio::time::timeout(grace, done.changed()).await.is_err() {
+        info!(bottle = %before.name, "grace period over; SIGKILL");
+        let _ = signal(Signal::SIGKILL).await;
+        if tokio::time::timeout(KILL_WAIT, done.changed())
+            .await
+            .is_err()
+        {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!(
+                    "the workload of {name:?} did not exit within {}s of SIGKILL",
+                    KILL_WAIT.as_secs()
+                ),
+            ));
+        }
+    }
+    let after = manager.lock().await.get(caller, name);
+    // With `--rm` the bottle is gone by now.
+    Ok(after.unwrap_or(before))
 }

@@ -48,6 +48,18 @@ pub struct Metadata {
     pub prefix_len: u8,
     #[serde(default)]
     pub frozen: bool,
+    /// The workload `bottle run` started, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadRecord>,
+}
+
+/// What the agent remembers of a bottle's workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    pub image: String,
+    /// `None` while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 pub fn bottle_dir(state_dir: &Path, id: &str) -> PathBuf {
@@ -151,6 +163,10 @@ mod tests {
             gateway_address: "10.213.0.1".parse().unwrap(),
             prefix_len: 30,
             frozen: false,
+            workload: Some(WorkloadRecord {
+                image: "busybox".into(),
+                exit_code: Some(143),
+            }),
         };
         save(dir.path(), &meta).unwrap();
         let bdir = bottle_dir(dir.path(), "0123abcd");
