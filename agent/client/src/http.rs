@@ -44,6 +44,40 @@ impl Client {
         }
     }
 
+    /// Connects, sends one request and returns the response with its body unread.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://bottle-agent{path}"))
+            .header(http::header::HOST, "bottle-agent");
+        if body.is_some() {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -51,31 +85,7 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let work = async {
-            let stream =
-                UnixStream::connect(&self.socket)
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        path: self.socket.clone(),
-                        source,
-                    })?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            tokio::spawn(conn);
-            let mut builder = Request::builder()
-                .method(method)
-                .uri(format!("http://bottle-agent{path}"))
-                .header(http::header::HOST, "bottle-agent");
-            if body.is_some() {
-                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-            }
-            let req = builder
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let resp = self.request(method, path, body).await?;
             let status = resp.status();
             let bytes = resp
                 .into_body()
@@ -143,30 +153,7 @@ impl Client {
         head_timeout: Duration,
     ) -> Result<Incoming, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let work = async {
-            let stream =
-                UnixStream::connect(&self.socket)
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        path: self.socket.clone(),
-                        source,
-                    })?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            tokio::spawn(conn);
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri(format!("http://bottle-agent{path}"))
-                .header(http::header::HOST, "bottle-agent")
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            sender
-                .send_request(req)
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))
-        };
+        let work = self.request(Method::POST, path, Some(body));
         let resp = tokio::time::timeout(head_timeout, work)
             .await
             .map_err(|_| ClientError::Timeout(head_timeout))??;
