@@ -124,7 +124,7 @@ fn assert_nothing_left(agent: &Agent) {
         Vec::<String>::new()
     );
     assert_eq!(mounts_under(&run), Vec::<String>::new());
-    for sub in ["runc", "rootfs", "bundles"] {
+    for sub in ["runc", "rootfs", "bundles", "homes"] {
         assert_eq!(entries(&run.join(sub)), Vec::<String>::new(), "{sub}/");
     }
     assert_eq!(agent.ok(&["ls", "--json"]).trim(), "[]");

@@ -5,7 +5,9 @@
 //! root and `bottle` (1000:1000), `/tmp`, `/home/bottle`. Layer 2 (left out with `--minimal`)
 //! is the host's Debian `curl` and `git` with the shared libraries `ldd` names, copied as they
 //! are: enough to fetch through the bottle's proxy and clone through its git-gate, not a
-//! distribution (no CA bundle: the launcher installs the bottle's CA).
+//! distribution (no CA bundle: the launcher installs the bottle's CA). Layer 3 (also left out
+//! with `--minimal`) holds stand-in `claude` and `codex` executables
+//! (`tests/fixtures/stand-in-agent.sh`) for the manifest tests.
 //!
 //! The same image is written twice, so tests exercise both import paths:
 //! `target/images/bottle-test/` (OCI image layout, gzip layers) and
@@ -51,6 +53,7 @@ pub fn run(minimal: bool) -> Result<()> {
             }
             Err(e) => eprintln!("xtask: curl and git left out: {e:#}"),
         }
+        image.add_layer(&stand_ins_layer()?, Compression::Gzip)?;
     }
 
     let layout = out.join("bottle-test");
@@ -191,6 +194,21 @@ fn base_layer() -> Result<Vec<u8>> {
         b"root:x:0:\nbottle:x:1000:\nnogroup:x:65534:\n",
     )?;
     l.file("etc/hostname", 0o644, 0, 0, b"bottle\n")?;
+    Ok(l.finish()?)
+}
+
+/// The stand-in `claude` and `codex` of the manifest tests: one script under both names that
+/// prints its argv, env and config files and calls its provider's API host.
+const STAND_IN: &[u8] = include_bytes!("../../tests/fixtures/stand-in-agent.sh");
+
+fn stand_ins_layer() -> Result<Vec<u8>> {
+    let mut l = LayerBuilder::new();
+    l.dir("usr", 0o755, 0, 0)?;
+    l.dir("usr/local", 0o755, 0, 0)?;
+    l.dir("usr/local/bin", 0o755, 0, 0)?;
+    for name in ["claude", "codex"] {
+        l.file(&format!("usr/local/bin/{name}"), 0o755, 0, 0, STAND_IN)?;
+    }
     Ok(l.finish()?)
 }
 

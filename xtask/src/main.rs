@@ -90,6 +90,8 @@ fn test(filter: Option<String>) -> Result<()> {
     sh::deps()?;
     // Binaries first: the end-to-end tests drive them.
     sh::build_bins(false)?;
+    // The test image (busybox, curl, git, stand-in claude/codex) the end-to-end tests run.
+    images::run(false)?;
     let mut tally = sh::Tally::default();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut unit = std::process::Command::new(&cargo);

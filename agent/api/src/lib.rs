@@ -9,6 +9,7 @@ pub mod error;
 pub mod gitgate;
 pub mod name;
 pub mod policy;
+pub mod provision;
 pub mod types;
 
 pub use error::{ApiError, ErrorCode};

@@ -32,6 +32,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::EgressPolicy;
+use crate::provision::{AgentMeta, HomeFile};
 
 /// `GET /v1/version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +128,9 @@ pub struct BottleInfo {
     /// The workload launched in the bottle (`bottle run`), if any. Absent from older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadInfo>,
+    /// The manifest agent the bottle runs (`bottle run AGENT`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentMeta>,
 }
 
 impl BottleInfo {
@@ -326,6 +330,24 @@ pub struct RunRequest {
     /// streaming its output; the workload keeps running, its output goes to its log only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub detach: bool,
+    /// Run in this existing bottle (the caller's, with no workload running) instead of
+    /// creating one; `create` must then be empty. Its home is kept from earlier runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bottle: Option<String>,
+    /// The home's path inside the bottle (kept across runs in one bottle); the image user's
+    /// home when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+    /// The working directory inside the bottle (made when it lies in the home); the image's
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Files written into the workload's home before it starts (see [`HomeFile`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub home_files: Vec<HomeFile>,
+    /// The manifest agent this run starts; recorded in the bottle's metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentMeta>,
 }
 
 /// One unit of the `POST /v1/run` response stream.

@@ -1,6 +1,7 @@
 //! `bottle`: the client for `bottle-agent`. Talks JSON over the agent's Unix socket; carries
 //! no Linux-only dependency so it builds for macOS too.
 
+mod agent_run;
 mod agents;
 mod http;
 mod output;
@@ -41,16 +42,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create a bottle, run a command in it from an image (non-interactive), stream its
-    /// output; exits with the command's exit status.
+    /// Create a bottle and run in it either an agent from your bot-bottle manifests
+    /// (`bottle run AGENT`: preflight summary, confirm, launch) or a command from an image
+    /// (`bottle run --image IMG -- CMD`); streams the output and exits with the workload's
+    /// exit status.
     Run {
+        /// An agent from ~/.bot-bottle/agents or ./.bot-bottle/agents (BOTTLE_HOME overrides
+        /// ~/.bot-bottle).
+        #[arg(value_name = "AGENT", required_unless_present = "image")]
+        agent: Option<String>,
+        /// With AGENT: print the preflight summary and stop; nothing is created.
+        #[arg(long, requires = "agent")]
+        dry_run: bool,
+        /// With AGENT: launch without asking for confirmation.
+        #[arg(short = 'y', long, requires = "agent")]
+        yes: bool,
         /// Name of the new bottle; the agent picks one when absent.
         #[arg(long)]
         name: Option<String>,
         /// Image: a name or id in the agent's image cache, or (as root) a path to a rootfs
-        /// directory, an OCI layout or an image archive, imported first.
+        /// directory, an OCI layout or an image archive, imported first. With AGENT it
+        /// replaces the provider's image (`bottle-claude`, `bottle-codex`).
         #[arg(long)]
-        image: String,
+        image: Option<String>,
         /// Environment variable for the command: NAME=VALUE, or NAME to pass this shell's
         /// value (repeatable). Values travel in the request body only, never on an argv.
         #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
@@ -79,6 +93,15 @@ enum Command {
         /// The command and its arguments (after `--`); the image's default when absent.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
+    },
+    /// Start the agent of a bottle made by `bottle run AGENT` again with its provider's
+    /// resume arguments (`claude --continue`, `codex resume --last`), in the same bottle and
+    /// home.
+    Resume {
+        name: String,
+        /// Return once it has started; its output goes to `bottle logs NAME`.
+        #[arg(short, long)]
+        detach: bool,
     },
     /// Egress policy of a bottle.
     Policy {
@@ -206,6 +229,8 @@ enum CliError {
     Env(String),
     #[error(transparent)]
     Run(#[from] run::RunError),
+    #[error(transparent)]
+    AgentRun(#[from] agent_run::AgentRunError),
 }
 
 fn read_file(path: &PathBuf) -> Result<String, CliError> {
@@ -283,6 +308,51 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
     let client = Client::new(&socket_path());
     match cli.command {
         Command::Run {
+            agent: Some(agent),
+            dry_run,
+            yes,
+            name,
+            image,
+            env,
+            memory,
+            pids,
+            cpus,
+            egress,
+            rm,
+            detach,
+            json: _,
+            command,
+        } => {
+            if !env.is_empty() || egress.egress.is_some() || !command.is_empty() {
+                return Err(CliError::Env(
+                    "with AGENT, the environment, egress and command come from the manifests; \
+                     drop -e, --egress and the command"
+                        .into(),
+                ));
+            }
+            let args = agent_run::AgentRunArgs {
+                agent,
+                name,
+                image: image.map(absolute_image),
+                yes,
+                dry_run,
+                detach,
+                rm,
+                limits: RunLimits {
+                    memory_bytes: memory.as_deref().map(run::parse_size).transpose()?,
+                    pids,
+                    cpus,
+                },
+            };
+            return Ok(agent_run::run(&client, args).await?);
+        }
+        Command::Resume { name, detach } => {
+            return Ok(agent_run::resume(&client, &name, detach).await?);
+        }
+        Command::Run {
+            agent: None,
+            dry_run: _,
+            yes: _,
             name,
             image,
             env,
@@ -309,7 +379,7 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                     secrets,
                     dlp: load_dlp(&egress.dlp)?,
                 },
-                image: absolute_image(image),
+                image: absolute_image(image.unwrap_or_default()),
                 args: command,
                 env: run::parse_env(&env)?,
                 limits: RunLimits {
@@ -319,6 +389,7 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                 },
                 remove: rm,
                 detach,
+                ..RunRequest::default()
             };
             if detach {
                 let info = run::detached(&client, &req).await?;

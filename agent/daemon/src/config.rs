@@ -1,7 +1,9 @@
 //! Agent configuration (`/etc/bottle/agent.toml`). Every setting has a default, so an absent
 //! file means "defaults"; an unknown key is an error so a typo never silently does nothing.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -118,6 +120,10 @@ pub struct AgentConfig {
     pub log: String,
     /// PEM files of CAs the egress proxy trusts for upstreams, besides the system roots.
     pub upstream_ca_files: Vec<PathBuf>,
+    /// Where the proxy dials a host whose route has no `connect_to` of its own, e.g.
+    /// `"api.anthropic.com" = "10.0.0.5:443"` (split-horizon networks, test upstreams). The
+    /// operator's word: the address is also let past that route's SSRF check.
+    pub upstream_hosts: BTreeMap<String, SocketAddr>,
     /// Size at which a bottle's audit log rotates (two old generations are kept).
     pub audit_max_bytes: u64,
     /// Connections one bottle may hold open to its services at once.
@@ -145,6 +151,7 @@ impl Default for AgentConfig {
             veth_prefix: "btl-".into(),
             log: "info".into(),
             upstream_ca_files: Vec::new(),
+            upstream_hosts: BTreeMap::new(),
             audit_max_bytes: 16 * 1024 * 1024,
             max_connections_per_bottle: 512,
             image_dir: None,
@@ -187,6 +194,15 @@ impl AgentConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(host) = self
+            .upstream_hosts
+            .keys()
+            .find(|h| h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            return Err(format!(
+                "upstream_hosts: {host:?} must be a host name in lower case"
+            ));
+        }
         if self.bottle_prefix_len > 30 || self.bottle_prefix_len < self.pool.prefix_len() {
             return Err(format!(
                 "bottle_prefix_len {} must be between the pool's prefix ({}) and 30",

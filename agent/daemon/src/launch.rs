@@ -24,7 +24,9 @@ use bottle_launcher::rootfs::{self, Rootfs};
 use bottle_launcher::runc::{Container, CreateOptions, Runc};
 use bottle_launcher::Stdio3;
 
-use crate::paths::{BUNDLES_DIR, CGROUP_PARENT, ROOTFS_DIR, RUNC_BINARY, RUNC_DIR};
+use bottle_launcher::home::{self, HomeFileSpec};
+
+use crate::paths::{BUNDLES_DIR, CGROUP_PARENT, HOMES_DIR, ROOTFS_DIR, RUNC_BINARY, RUNC_DIR};
 
 /// Bound on each runc call (create, start, delete).
 const RUNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,6 +60,8 @@ pub enum LaunchError {
     },
     #[error("runc wrote no usable pid to {0}")]
     Pid(PathBuf),
+    #[error(transparent)]
+    Home(#[from] home::HomeError),
 }
 
 impl LaunchError {
@@ -99,6 +103,13 @@ pub struct LaunchParams {
     pub memory_bytes: Option<u64>,
     pub pids: Option<i64>,
     pub cpus: Option<f64>,
+    /// The home's path inside the bottle; the image user's home when `None`.
+    pub home: Option<PathBuf>,
+    /// The working directory inside the bottle; the image's when `None`. Made (in the home)
+    /// when it lies beneath the home.
+    pub workdir: Option<PathBuf>,
+    /// Files to place in the home before the workload starts.
+    pub home_files: Vec<bottle_api::provision::HomeFile>,
 }
 
 /// A started container: the init's host pid and the read ends of its stdout/stderr.
@@ -115,6 +126,30 @@ pub fn runc_root(run_dir: &Path) -> PathBuf {
 
 pub fn rootfs_dir(run_dir: &Path, id: &str) -> PathBuf {
     run_dir.join(ROOTFS_DIR).join(id)
+}
+
+/// The workload's home on the host: kept across the runs of one bottle.
+pub fn home_dir(run_dir: &Path, id: &str) -> PathBuf {
+    run_dir.join(HOMES_DIR).join(id)
+}
+
+/// Removes a bottle's workload home (with the bottle; never between runs).
+pub fn remove_home(run_dir: &Path, id: &str) -> Vec<String> {
+    match home::remove(&home_dir(run_dir, id)) {
+        Ok(()) => vec![],
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+/// Ids that have a home, to find orphans.
+pub fn home_ids(run_dir: &Path) -> Vec<String> {
+    fs::read_dir(run_dir.join(HOMES_DIR))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn bundle_dir(run_dir: &Path, id: &str) -> PathBuf {
@@ -192,19 +227,46 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
     env.extend(rootfs.install_ca(p.ca_pem.as_bytes())?);
-    env.push(format!("HOME={}", user.home.display()));
+    let home_path = p.home.clone().unwrap_or_else(|| user.home.clone());
+    env.push(format!("HOME={}", home_path.display()));
     for (k, v) in &p.env {
         let prefix = format!("{k}=");
         env.retain(|e| !e.starts_with(&prefix));
         env.push(format!("{k}={v}"));
     }
-    let cwd = image
-        .config
-        .working_dir
+    // The home persists across this bottle's runs; the manifest's files are (re)written on
+    // every run, replacing whatever the workload left under their names.
+    let host_home = home_dir(&p.run_dir, &p.id);
+    traversable_dir(&p.run_dir.join(HOMES_DIR))?;
+    home::ensure(&host_home, host_uid, host_gid)?;
+    let specs: Vec<HomeFileSpec<'_>> = p
+        .home_files
+        .iter()
+        .map(|f| HomeFileSpec {
+            path: &f.path,
+            contents: f.contents.as_bytes(),
+            mode: f.mode,
+        })
+        .collect();
+    home::write_files(&host_home, &specs, host_uid, host_gid)?;
+    if let Some(rel) = p
+        .workdir
         .as_deref()
-        .filter(|d| d.starts_with('/'))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| user.home.clone());
+        .and_then(|w| w.strip_prefix(&home_path).ok())
+        .and_then(Path::to_str)
+        .filter(|r| !r.is_empty())
+    {
+        home::make_dirs(&host_home, rel, host_uid, host_gid)?;
+    }
+    let cwd = p.workdir.clone().unwrap_or_else(|| {
+        image
+            .config
+            .working_dir
+            .as_deref()
+            .filter(|d| d.starts_with('/'))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home_path.clone())
+    });
     let spec = BundleSpec {
         hostname: p.hostname.clone(),
         netns_path: p.netns_path.clone(),
@@ -220,8 +282,8 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
             pids: p.pids.or(Limits::default().pids),
             ..Limits::default()
         },
-        home: user.home.clone(),
-        home_source: HomeSource::Tmpfs,
+        home: home_path.clone(),
+        home_source: HomeSource::Host(host_home.clone()),
         workspace: None,
         mounts: vec![],
         resolv_conf: p.resolv_conf.clone(),

@@ -155,6 +155,7 @@ impl Manager {
             state_dir: &self.config.state_dir,
             trust: &self.trust,
             audit_max_bytes: self.config.audit_max_bytes,
+            upstream_hosts: &self.config.upstream_hosts,
             limits: bottle_proxy::Limits {
                 max_connections: self.config.max_connections_per_bottle,
                 ..bottle_proxy::Limits::default()
@@ -208,6 +209,7 @@ impl Manager {
                 },
                 exit_code: w.exit_code,
             }),
+            agent: m.agent.clone(),
         }
     }
 
@@ -266,7 +268,7 @@ impl Manager {
             .as_ref()
             .map(|d| d.secret_values.clone())
             .unwrap_or_default();
-        let compiled = stored.compile(&req.secrets, secret_values)?;
+        let compiled = stored.compile(&req.secrets, secret_values, &self.config.upstream_hosts)?;
         let id = self.new_id();
         let name = req.name.unwrap_or_else(|| format!("bottle-{id}"));
         validate_name(&name)?;
@@ -288,6 +290,7 @@ impl Manager {
             prefix_len: block.prefix_len,
             frozen: false,
             workload: None,
+            agent: None,
         };
         let mut ifindex = None;
         match self
@@ -407,7 +410,13 @@ impl Manager {
         // whatever the recorded launcher, so a crash before the metadata said "runc" leaves
         // nothing behind either.
         let (run_dir, id) = (self.config.run_dir.clone(), meta.id.clone());
-        match tokio::task::spawn_blocking(move || launch::cleanup(&run_dir, &id)).await {
+        match tokio::task::spawn_blocking(move || {
+            let mut f = launch::cleanup(&run_dir, &id);
+            f.extend(launch::remove_home(&run_dir, &id));
+            f
+        })
+        .await
+        {
             Ok(f) => failures.extend(f),
             Err(e) => failures.push(e.to_string()),
         }
@@ -533,7 +542,7 @@ impl Manager {
         self.visible(caller, name)?;
         let stored = StoredPolicy::new(Some(req.egress), req.dlp.as_ref());
         let secret_values = req.dlp.map(|d| d.secret_values).unwrap_or_default();
-        let compiled = stored.compile(&req.secrets, secret_values)?;
+        let compiled = stored.compile(&req.secrets, secret_values, &self.config.upstream_hosts)?;
         let state_dir = self.config.state_dir.clone();
         let bottle = self
             .bottles
@@ -610,11 +619,27 @@ impl Manager {
     /// Records the workload of bottle `name` if it still is the bottle with this id (a run
     /// ending after its bottle was removed and the name reused must not touch the new one).
     pub fn record_workload(&mut self, name: &str, id: &str, record: WorkloadRecord) -> Result<()> {
+        self.record_workload_with(name, id, record, None)
+    }
+
+    /// [`Self::record_workload`], also recording the manifest agent (kept when `None`) and
+    /// that runc launched it (a bottle made by `bottle create` says `none` until then).
+    pub fn record_workload_with(
+        &mut self,
+        name: &str,
+        id: &str,
+        record: WorkloadRecord,
+        agent: Option<bottle_api::provision::AgentMeta>,
+    ) -> Result<()> {
         let Some(bottle) = self.bottles.get_mut(name).filter(|b| b.meta.id == id) else {
             return Ok(());
         };
         let mut meta = bottle.meta.clone();
         meta.workload = Some(record);
+        meta.launcher = "runc".into();
+        if agent.is_some() {
+            meta.agent = agent;
+        }
         state::save(&self.config.state_dir, &meta)?;
         bottle.meta = meta;
         Ok(())
@@ -798,6 +823,14 @@ impl Manager {
                 warn!(id = %id, "removing orphaned datapath pins");
                 for failure in self.datapath.uninstall(&id, None, &[]) {
                     error!(id = %id, failure = %failure, "cannot remove orphan pins");
+                }
+            }
+        }
+        for id in launch::home_ids(&self.config.run_dir) {
+            if !ids.contains(&id) {
+                warn!(id = %id, "removing orphaned workload home");
+                for failure in launch::remove_home(&self.config.run_dir, &id) {
+                    error!(id = %id, failure = %failure, "cannot remove orphan home");
                 }
             }
         }

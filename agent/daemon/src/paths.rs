@@ -40,6 +40,8 @@ pub const TO_BOTTLE_LINK: &str = "to_bottle_link";
 pub const RUNC_DIR: &str = "runc";
 pub const ROOTFS_DIR: &str = "rootfs";
 pub const BUNDLES_DIR: &str = "bundles";
+/// Workload homes (`homes/<id>`), kept across runs in one bottle, removed with the bottle.
+pub const HOMES_DIR: &str = "homes";
 /// Mode of `run_dir`: traversable, not listable (see above).
 pub const RUN_DIR_MODE: u32 = 0o711;
 /// The runtime (looked up in PATH).

@@ -68,6 +68,32 @@ fn running() -> std::sync::MutexGuard<'static, BTreeMap<String, watch::Receiver<
     RUNNING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Bottles whose workload is being launched (before it shows in [`RUNNING`]), so two runs
+/// in one existing bottle cannot both start. Released on drop.
+static LAUNCHING: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+struct Launching(String);
+
+impl Launching {
+    /// Marks `id` as launching; false when it already is.
+    fn claim(id: &str) -> bool {
+        LAUNCHING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned())
+    }
+}
+
+impl Drop for Launching {
+    fn drop(&mut self) {
+        LAUNCHING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
+}
+
 /// What `POST /v1/run` answers with.
 pub enum Started {
     /// The workload's output and exit status, as they come.
@@ -108,6 +134,34 @@ fn validate(caller: Caller, req: &RunRequest) -> Result<(), ApiError> {
             )));
         }
     }
+    for (what, path) in [("home", &req.home), ("workdir", &req.workdir)] {
+        if let Some(path) = path {
+            let plain = path.starts_with('/')
+                && path.len() <= bottle_api::provision::MAX_HOME_PATH
+                && (path == "/" || bottle_api::provision::home_path_problem(&path[1..]).is_none());
+            if !plain {
+                return Err(bad(format!(
+                    "{what} {path:?} must be an absolute path without `.` or `..` components"
+                )));
+            }
+        }
+    }
+    if req.home_files.len() > bottle_api::provision::MAX_HOME_FILES {
+        return Err(bad(format!(
+            "at most {} home files",
+            bottle_api::provision::MAX_HOME_FILES
+        )));
+    }
+    for f in &req.home_files {
+        if let Some(reason) = bottle_api::provision::home_path_problem(&f.path) {
+            return Err(bad(format!("home file {:?} {reason}", f.path)));
+        }
+    }
+    if req.bottle.is_some() && req.create != bottle_api::CreateBottle::default() {
+        return Err(bad(
+            "give either an existing bottle or what to create, not both",
+        ));
+    }
     let l = &req.limits;
     if l.memory_bytes.is_some_and(|m| m < MIN_MEMORY) {
         return Err(bad(format!(
@@ -147,19 +201,46 @@ async fn launch(
     manager: Arc<Mutex<Manager>>,
     req: RunRequest,
 ) -> Result<Started, ApiError> {
-    let (info, ca_pem, run_dir, image_dir, log_path) = {
+    let (info, created, _launching, ca_pem, run_dir, image_dir, log_path) = {
         let mut m = manager.lock().await;
-        let info = m.create_with(caller, req.create.clone(), "runc").await?;
+        let info = match &req.bottle {
+            Some(name) => {
+                let info = m.get(caller, name)?;
+                if running().contains_key(&info.id) || !Launching::claim(&info.id) {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "a workload is already running in {name:?}; `bottle stop {name}` first"
+                        ),
+                    ));
+                }
+                info
+            }
+            None => {
+                let info = m.create_with(caller, req.create.clone(), "runc").await?;
+                if !Launching::claim(&info.id) {
+                    // Unreachable: a new id is nobody's.
+                    return Err(ApiError::new(ErrorCode::Internal, "bottle id in use"));
+                }
+                info
+            }
+        };
+        let created = req.bottle.is_none();
+        let launching = Launching(info.id.clone());
         match m.ca_pem(caller, &info.name) {
             Ok(ca) => (
                 info.clone(),
+                created,
+                launching,
                 ca,
                 m.run_dir(),
                 m.image_dir(),
                 m.workload_log_path(&info.id),
             ),
             Err(e) => {
-                let _ = m.remove(caller, &info.name).await;
+                if created {
+                    let _ = m.remove(caller, &info.name).await;
+                }
                 return Err(e.into());
             }
         }
@@ -180,19 +261,25 @@ async fn launch(
         memory_bytes: req.limits.memory_bytes,
         pids: req.limits.pids,
         cpus: req.limits.cpus,
+        home: req.home.as_ref().map(std::path::PathBuf::from),
+        workdir: req.workdir.as_ref().map(std::path::PathBuf::from),
+        home_files: req.home_files.clone(),
     };
     let launched = tokio::task::spawn_blocking(move || launch::start(params)).await;
     let started = match launched {
         Ok(Ok(s)) => s,
         failed => {
-            // A run that never started leaves nothing: the bottle goes too.
-            if let Err(e) = manager
-                .lock()
-                .await
-                .remove_if_id(caller, &info.name, &info.id)
-                .await
-            {
-                error!(bottle = %info.name, error = %e, "removing the bottle of a failed run");
+            // A run that never started leaves nothing: a bottle made for it goes too (one
+            // that existed before stays, with its home).
+            if created {
+                if let Err(e) = manager
+                    .lock()
+                    .await
+                    .remove_if_id(caller, &info.name, &info.id)
+                    .await
+                {
+                    error!(bottle = %info.name, error = %e, "removing the bottle of a failed run");
+                }
             }
             return Err(match failed {
                 Ok(Err(e)) if e.is_user_error() => bad(e.to_string()),
@@ -207,10 +294,11 @@ async fn launch(
         image: req.image.clone(),
         exit_code: None,
     };
-    let recorded = manager
-        .lock()
-        .await
-        .record_workload(&info.name, &info.id, record);
+    let recorded =
+        manager
+            .lock()
+            .await
+            .record_workload_with(&info.name, &info.id, record, req.agent.clone());
     if let Err(e) = recorded {
         warn!(bottle = %info.name, error = %e, "cannot record the workload");
     }

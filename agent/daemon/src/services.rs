@@ -2,6 +2,7 @@
 //! manager sees them: start, replace the policy, persist it (without secrets), restore.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -80,14 +81,40 @@ impl StoredPolicy {
         }
     }
 
+    /// The policy as the proxy enforces it: routes without a `connect_to` dial the
+    /// operator's `upstream_hosts` address for their host, when it names one.
+    fn effective(&self, upstream_hosts: &BTreeMap<String, SocketAddr>) -> EgressPolicy {
+        let mut egress = self.egress.clone();
+        for route in &mut egress.routes {
+            if route.connect_to.is_some() {
+                continue;
+            }
+            let Some(addr) = upstream_hosts.get(&route.host.to_ascii_lowercase()) else {
+                continue;
+            };
+            route.connect_to = Some(addr.to_string());
+            route
+                .pipelock
+                .get_or_insert_with(Default::default)
+                .ssrf_ip_allowlist
+                .push(format!(
+                    "{}/{}",
+                    addr.ip(),
+                    if addr.is_ipv4() { 32 } else { 128 }
+                ));
+        }
+        egress
+    }
+
     /// Compiles with the secrets the user just sent: a missing one is an error.
     pub fn compile(
         &self,
         secrets: &BTreeMap<String, String>,
         secret_values: BTreeMap<String, String>,
+        upstream_hosts: &BTreeMap<String, SocketAddr>,
     ) -> Result<CompiledPolicy> {
         Ok(CompiledPolicy::compile_with(
-            &self.egress,
+            &self.effective(upstream_hosts),
             secrets,
             &self.options(secret_values),
             MissingSecrets::Error,
@@ -95,9 +122,12 @@ impl StoredPolicy {
     }
 
     /// Compiles after a restart, when no secret is known: routes that need one refuse.
-    fn compile_restored(&self) -> Result<CompiledPolicy> {
+    fn compile_restored(
+        &self,
+        upstream_hosts: &BTreeMap<String, SocketAddr>,
+    ) -> Result<CompiledPolicy> {
         Ok(CompiledPolicy::compile_with(
-            &self.egress,
+            &self.effective(upstream_hosts),
             &BTreeMap::new(),
             &self.options(BTreeMap::new()),
             MissingSecrets::Unavailable,
@@ -143,6 +173,7 @@ pub struct ServiceSettings<'a> {
     pub trust: &'a UpstreamTrust,
     pub audit_max_bytes: u64,
     pub limits: Limits,
+    pub upstream_hosts: &'a BTreeMap<String, SocketAddr>,
 }
 
 impl Services {
@@ -163,7 +194,7 @@ impl Services {
         };
         let policy = match policy {
             Some(p) => p,
-            None => stored.compile_restored()?,
+            None => stored.compile_restored(settings.upstream_hosts)?,
         };
         let audit = Arc::new(AuditLog::open(&dir, settings.audit_max_bytes));
         let ctx = BottleContext::new(

@@ -51,6 +51,9 @@ pub struct Metadata {
     /// The workload `bottle run` started, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadRecord>,
+    /// The manifest agent the bottle runs (`bottle run AGENT`), for `bottle resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<bottle_api::provision::AgentMeta>,
 }
 
 /// What the agent remembers of a bottle's workload.
@@ -166,6 +169,12 @@ mod tests {
             workload: Some(WorkloadRecord {
                 image: "busybox".into(),
                 exit_code: Some(143),
+            }),
+            agent: Some(bottle_api::provision::AgentMeta {
+                agent: "reviewer".into(),
+                bottle: "dev".into(),
+                provider: "claude".into(),
+                image: "bottle-claude".into(),
             }),
         };
         save(dir.path(), &meta).unwrap();

@@ -33,7 +33,7 @@ pub const DEFAULT_USER: (u32, u32) = (1000, 1000);
 /// CFS period for the CPU quota, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 /// Where a CA bundle is bound (Debian/Ubuntu/Alpine's system bundle path).
-pub const CA_BUNDLE_GUEST: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub const CA_BUNDLE_GUEST: &str = bottle_api::provision::GUEST_CA_BUNDLE;
 
 /// The file name of the runtime configuration in a bundle directory.
 pub const CONFIG_FILE: &str = "config.json";

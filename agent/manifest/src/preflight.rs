@@ -211,7 +211,8 @@ impl Preflight {
             if self.supervise { "on" } else { "off" }.into(),
         );
         if self.repos.is_empty() {
-            line("gate repos", "(none)".into());
+            // The label fills its column: the value needs its own space.
+            line("gate repos", " (none)".into());
         } else {
             line("gate repos", String::new());
             for r in &self.repos {
