@@ -51,6 +51,9 @@ fn bottle(agent: &Agent, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Ou
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     vars.push(("BOTTLE_HOME".into(), home.display().to_string()));
+    // No image builder on the client's PATH, whatever the host has: a test must never start a
+    // build that pulls from a registry.
+    vars.push(("PATH".into(), "/nonexistent".into()));
     vars.push((
         bottle_api::HOST_ENV.into(),
         agent.socket().display().to_string(),
@@ -177,11 +180,38 @@ fn privileged_claude_agent_runs_with_placeholders_and_resumes() {
     );
     assert_eq!(agent.ok(&["ls", "--json"]).trim(), "[]");
 
+    // The provider's image is not in the cache and this host has no builder: the error says
+    // how to get it, and nothing is made.
+    let missing = bottle(&agent, &home, &["run", "reviewer", "-y"], &env);
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    let err = text(&missing.stderr);
+    assert!(
+        err.contains("\"bottle-claude\" is not in the agent's image cache")
+            && err.contains("bottle images build claude"),
+        "{err}"
+    );
+    assert_eq!(agent.ok(&["ls", "--json"]).trim(), "[]");
+
+    // Imported under the provider's image name, it is what `run AGENT` uses.
+    let imported = bottle(
+        &agent,
+        &home,
+        &["images", "import", &image, "--name", "bottle-claude"],
+        &[],
+    );
+    assert!(imported.status.success(), "{imported:?}");
+    let listed = bottle(&agent, &home, &["images", "ls", "--json"], &[]);
+    let list: Vec<bottle_api::images::ImageInfo> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(
+        list.iter().any(|i| i.answers_to("bottle-claude")),
+        "{list:?}"
+    );
+
     // The launch.
     let run = bottle(
         &agent,
         &home,
-        &["run", "reviewer", "-y", "--name", "rv", "--image", &image],
+        &["run", "reviewer", "-y", "--name", "rv"],
         &env,
     );
     let out = text(&run.stdout);

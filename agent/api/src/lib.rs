@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod gitgate;
+pub mod images;
 pub mod name;
 pub mod policy;
 pub mod provision;

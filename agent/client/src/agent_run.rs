@@ -23,6 +23,7 @@ use bottle_manifest::{
 };
 
 use crate::http::{Client, ClientError};
+use crate::images::{self, ImageError};
 use crate::run::{self, RunError};
 
 /// The workload's home inside the bottle for manifest agents (the provider files' paths and
@@ -88,6 +89,8 @@ pub enum AgentRunError {
     },
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error(transparent)]
     Run(#[from] RunError),
     #[error("{0}")]
@@ -272,11 +275,15 @@ pub async fn run(client: &Client, args: AgentRunArgs) -> Result<Outcome, AgentRu
     if !args.yes {
         confirm()?;
     }
+    let image = match &args.image {
+        Some(image) => image.clone(),
+        None => {
+            let (name, source) = images::for_bottle(&agent.bottle)?;
+            images::ensure(client, &name, &source).await?;
+            name
+        }
+    };
     let env = workload_env(&agent, &first)?;
-    let image = args
-        .image
-        .clone()
-        .unwrap_or_else(|| default_image(first.provider));
 
     let create = CreateBottle {
         name: args.name.clone(),

@@ -4,6 +4,7 @@
 mod agent_run;
 mod agents;
 mod http;
+mod images;
 mod output;
 mod run;
 
@@ -28,6 +29,40 @@ use crate::http::{Client, ClientError};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImagesAction {
+    /// The images `bottle run --image` can use.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a rootfs directory, an OCI layout or an image tarball (`docker save`,
+    /// oci-archive) from this host (root only).
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Build a provider's default image (`claude`, `codex`) or a Dockerfile with buildah or
+    /// podman, and import it (root only).
+    Build {
+        /// `claude` or `codex`: the provider's default image, named `bottle-<provider>`.
+        #[arg(required_unless_present = "dockerfile", conflicts_with = "dockerfile")]
+        provider: Option<ProviderArg>,
+        /// A Dockerfile (its directory is the build context); needs --name.
+        #[arg(long, requires = "name")]
+        dockerfile: Option<PathBuf>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProviderArg {
+    Claude,
+    Codex,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +137,11 @@ enum Command {
         /// Return once it has started; its output goes to `bottle logs NAME`.
         #[arg(short, long)]
         detach: bool,
+    },
+    /// The agent's image cache: list, import, build the provider images.
+    Images {
+        #[command(subcommand)]
+        action: ImagesAction,
     },
     /// Egress policy of a bottle.
     Policy {
@@ -231,6 +271,8 @@ enum CliError {
     Run(#[from] run::RunError),
     #[error(transparent)]
     AgentRun(#[from] agent_run::AgentRunError),
+    #[error(transparent)]
+    Image(#[from] images::ImageError),
 }
 
 fn read_file(path: &PathBuf) -> Result<String, CliError> {
@@ -346,6 +388,57 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             };
             return Ok(agent_run::run(&client, args).await?);
         }
+        Command::Images { action } => match action {
+            ImagesAction::Ls { json } => {
+                let list = images::list(&client).await?;
+                if json {
+                    print_json(&list)?;
+                } else {
+                    println!("{:<14} {:<7} NAMES", "ID", "LAYERS");
+                    for i in &list {
+                        println!(
+                            "{:<14} {:<7} {}",
+                            i.id.get(..12).unwrap_or(&i.id),
+                            i.layers,
+                            i.names.join(", ")
+                        );
+                    }
+                }
+            }
+            ImagesAction::Import { path, name } => {
+                let path = std::path::absolute(&path).map_err(|source| CliError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let info = images::import(&client, &path, name.as_deref()).await?;
+                println!("{}", info.id);
+            }
+            ImagesAction::Build {
+                provider,
+                dockerfile,
+                name,
+            } => {
+                let (source, name) = match (provider, dockerfile) {
+                    (Some(p), _) => {
+                        let kind = match p {
+                            ProviderArg::Claude => bottle_manifest::ProviderKind::Claude,
+                            ProviderArg::Codex => bottle_manifest::ProviderKind::Codex,
+                        };
+                        let name = name.unwrap_or_else(|| agent_run::default_image(kind));
+                        (images::ImageSource::Provider(kind), name)
+                    }
+                    (None, Some(df)) => (
+                        images::ImageSource::Dockerfile(df),
+                        name.unwrap_or_default(),
+                    ),
+                    (None, None) => {
+                        return Err(CliError::Env("give a provider or --dockerfile".into()))
+                    }
+                };
+                let info = images::build(&client, &source, &name).await?;
+                println!("{}", info.id);
+            }
+        },
         Command::Resume { name, detach } => {
             return Ok(agent_run::resume(&client, &name, detach).await?);
         }

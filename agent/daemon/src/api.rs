@@ -286,6 +286,16 @@ async fn route(
             );
             Ok(resp)
         }
+        (&Method::GET, ["images"]) => {
+            let dir = manager.lock().await.image_dir();
+            Ok(json(StatusCode::OK, &crate::images::list(dir).await?))
+        }
+        (&Method::POST, ["images"]) => {
+            let body: bottle_api::images::ImportImage = read_json(req).await?;
+            let dir = manager.lock().await.image_dir();
+            let info = crate::images::import(caller, dir, body).await?;
+            Ok(json(StatusCode::CREATED, &info))
+        }
         (&Method::GET, ["bottles", name]) => Ok(json(
             StatusCode::OK,
             &manager.lock().await.get(caller, name)?,
