@@ -2,6 +2,9 @@
 //! (chains of `extends` up to five deep). Prints `manifest_load_resolve_ms=<median>`.
 //!
 //! `cargo run --release -p bottle-manifest --example manifest_bench`
+//!
+//! With `BOTTLE_CLI=target/release/bottle`, also times the whole `bottle run AGENT
+//! --dry-run` command on that home (`bottle_run_dry_run_ms=<median>`).
 
 use std::error::Error;
 use std::fmt::Write as _;
@@ -80,8 +83,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
 
     let opts = LoadOptions {
-        home,
-        cwd,
+        home: home.clone(),
+        cwd: cwd.clone(),
         user_home: Some(root.join("home")),
     };
     let target = "agent-199"; // bottle b49: four parents deep
@@ -105,5 +108,37 @@ fn main() -> Result<(), Box<dyn Error>> {
         times[RUNS - 1]
     );
     println!("manifest_load_resolve_ms={median:.2}");
+
+    // The whole command a user runs, when given: process start, load, resolve, provider
+    // plan and the preflight text.
+    if let Some(cli) = std::env::var_os("BOTTLE_CLI") {
+        let mut times = Vec::with_capacity(RUNS);
+        for _ in 0..RUNS {
+            let mut cmd = std::process::Command::new(&cli);
+            cmd.args(["run", target, "--dry-run"])
+                .current_dir(&cwd)
+                .env("BOTTLE_HOME", &home)
+                .env("HOME", root.join("home"))
+                .stdout(std::process::Stdio::null());
+            for i in 0..BOTTLES {
+                for r in 0..6 {
+                    cmd.env(format!("TOKEN_{i}_{r}"), "bench-token-value");
+                }
+            }
+            let start = Instant::now();
+            let status = cmd.status()?;
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+            if !status.success() {
+                return Err(format!("{} run {target} --dry-run: {status}", cli.to_string_lossy()).into());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        eprintln!(
+            "bottle run {target} --dry-run, {RUNS} runs: min {:.2} ms, max {:.2} ms",
+            times[0],
+            times[RUNS - 1]
+        );
+        println!("bottle_run_dry_run_ms={:.2}", times[RUNS / 2]);
+    }
     Ok(())
 }
