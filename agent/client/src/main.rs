@@ -5,6 +5,7 @@ mod agents;
 mod http;
 mod output;
 mod run;
+mod workspace;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,6 +67,15 @@ enum Command {
         cpus: Option<f64>,
         #[command(flatten)]
         egress: EgressArgs,
+        /// Copy the current directory (with .git) into the bottle as ~/workspace, where the
+        /// command starts. Works from a remote client too: the directory is uploaded.
+        #[arg(long)]
+        cwd: bool,
+        /// Bind a host path you own into the container: HOST:GUEST or HOST:GUEST:ro (absolute
+        /// paths, no symlinks in HOST; repeatable). Files keep their host owners, which appear
+        /// as `nobody` inside.
+        #[arg(long = "mount", value_name = "HOST:GUEST[:ro]")]
+        mounts: Vec<String>,
         /// Remove the bottle once the command has exited.
         #[arg(long)]
         rm: bool,
@@ -206,6 +216,8 @@ enum CliError {
     Env(String),
     #[error(transparent)]
     Run(#[from] run::RunError),
+    #[error(transparent)]
+    Workspace(#[from] workspace::WorkspaceError),
 }
 
 fn read_file(path: &PathBuf) -> Result<String, CliError> {
@@ -294,7 +306,21 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             detach,
             json,
             command,
+            cwd,
+            mounts,
         } => {
+            let mounts = mounts
+                .iter()
+                .map(|m| workspace::parse_mount(m))
+                .collect::<Result<Vec<_>, _>>()?;
+            let workspace = if cwd {
+                let dir = std::env::current_dir().map_err(|e| {
+                    CliError::Env(format!("--cwd: cannot read the current directory: {e}"))
+                })?;
+                Some(workspace::upload(&client, &dir).await?.id)
+            } else {
+                None
+            };
             let (policy, secrets) = match &egress.egress {
                 Some(path) => {
                     let (p, s) = load_egress(path)?;
@@ -319,6 +345,8 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                 },
                 remove: rm,
                 detach,
+                workspace,
+                mounts,
             };
             if detach {
                 let info = run::detached(&client, &req).await?;

@@ -14,6 +14,7 @@ mod preflight;
 mod run;
 mod services;
 mod state;
+mod workspace;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -112,6 +113,10 @@ async fn run(config: AgentConfig) -> ExitCode {
         std::fs::Permissions::from_mode(paths::RUN_DIR_MODE),
     ) {
         error!("cannot set the mode of {}: {e}", config.run_dir.display());
+        return AgentExit::State.into();
+    }
+    if let Err(e) = workspace::prepare(&config.state_dir) {
+        error!("preparing the workspace directories: {e}");
         return AgentExit::State.into();
     }
     // `bottle run`'s containers are detached by runc; as their subreaper the agent can reap

@@ -122,6 +122,24 @@ fn validate(caller: Caller, req: &RunRequest) -> Result<(), ApiError> {
     {
         return Err(bad("cpus must be a positive number"));
     }
+    if let Some(id) = &req.workspace {
+        crate::workspace::check(caller.uid, id)?;
+    }
+    if req.mounts.len() > crate::workspace::MAX_MOUNTS {
+        return Err(bad(format!(
+            "at most {} --mount per run",
+            crate::workspace::MAX_MOUNTS
+        )));
+    }
+    for m in &req.mounts {
+        if !m.host.starts_with('/') || m.host.contains('\0') {
+            return Err(bad(format!(
+                "--mount host path {:?} must be absolute",
+                m.host
+            )));
+        }
+        crate::workspace::check_guest(&m.guest).map_err(bad)?;
+    }
     Ok(())
 }
 
@@ -147,7 +165,7 @@ async fn launch(
     manager: Arc<Mutex<Manager>>,
     req: RunRequest,
 ) -> Result<Started, ApiError> {
-    let (info, ca_pem, run_dir, image_dir, log_path) = {
+    let (info, ca_pem, run_dir, image_dir, log_path, state_dir) = {
         let mut m = manager.lock().await;
         let info = m.create_with(caller, req.create.clone(), "runc").await?;
         match m.ca_pem(caller, &info.name) {
@@ -157,6 +175,7 @@ async fn launch(
                 m.run_dir(),
                 m.image_dir(),
                 m.workload_log_path(&info.id),
+                m.state_dir(),
             ),
             Err(e) => {
                 let _ = m.remove(caller, &info.name).await;
@@ -180,6 +199,11 @@ async fn launch(
         memory_bytes: req.limits.memory_bytes,
         pids: req.limits.pids,
         cpus: req.limits.cpus,
+        caller_uid: caller.uid,
+        state_dir,
+        workspace: req.workspace.clone(),
+        mounts: req.mounts.clone(),
+        gateway: info.gateway_address,
     };
     let launched = tokio::task::spawn_blocking(move || launch::start(params)).await;
     let started = match launched {
@@ -195,6 +219,7 @@ async fn launch(
                 error!(bottle = %info.name, error = %e, "removing the bottle of a failed run");
             }
             return Err(match failed {
+                Ok(Err(launch::LaunchError::Workspace(w))) => w.into(),
                 Ok(Err(e)) if e.is_user_error() => bad(e.to_string()),
                 Ok(Err(e)) => ApiError::new(ErrorCode::Internal, e.to_string()),
                 Err(e) => ApiError::new(ErrorCode::Internal, e.to_string()),
