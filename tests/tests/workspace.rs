@@ -16,6 +16,7 @@ const CWD_SLOT: u8 = 81;
 const MOUNT_SLOT: u8 = 82;
 const FREEZE_SLOT: u8 = 83;
 const ENV_SLOT: u8 = 84;
+const TRUST_SLOT: u8 = 85;
 
 /// The offline test image (busybox, curl, git) that `cargo xtask images` builds.
 fn test_image() -> String {
@@ -378,4 +379,98 @@ fn privileged_proxy_variables_and_limits_refused_early() {
         );
         assert!(bottles(&agent).is_empty(), "{bad:?} left a bottle");
     }
+}
+
+/// busybox-static and a `bottle` user, as a rootfs directory, with `bundle` as the image's
+/// system trust bundle.
+fn busybox_rootfs(root: &Path, bundle: &str) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "/bin/busybox missing: apt-get install busybox-static"
+    );
+    for d in [
+        "bin",
+        "etc/ssl/certs",
+        "home/bottle",
+        "tmp",
+        "proc",
+        "sys",
+        "dev",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "grep", "true"] {
+        symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nbottle:x:1000:1000::/home/bottle:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nbottle:x:1000:\n").unwrap();
+    std::fs::write(root.join("etc/ssl/certs/ca-certificates.crt"), bundle).unwrap();
+}
+
+#[test]
+fn privileged_trust_check_stops_a_launch_the_container_could_not_trust() {
+    if !privileged("privileged_trust_check_stops_a_launch_the_container_could_not_trust") {
+        return;
+    }
+    let agent = Agent::start(TRUST_SLOT, "");
+    let here = agent.dir.path();
+    // A bundle whose last certificate is cut off: the bottle's CA, appended after it, is
+    // swallowed by the unterminated block, so no TLS client in the container could trust it.
+    let broken = here.join("broken");
+    busybox_rootfs(&broken, "-----BEGIN CERTIFICATE-----\nMIIBtruncated\n");
+    let good = here.join("good");
+    busybox_rootfs(&good, "");
+
+    let out = bottle_in(
+        &agent,
+        here,
+        None,
+        &[
+            "run",
+            "--rm",
+            "--image",
+            &broken.display().to_string(),
+            "--",
+            "true",
+        ],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("trust check failed"), "{err}");
+    assert!(bottles(&agent).is_empty(), "a failed launch left a bottle");
+    let run = agent.dir.path().join("run");
+    for sub in ["runc", "rootfs", "bundles"] {
+        assert_eq!(
+            std::fs::read_dir(run.join(sub))
+                .map(|d| d.count())
+                .unwrap_or(0),
+            0,
+            "{sub}/ left"
+        );
+    }
+
+    // The same image with a sound bundle passes the check and runs.
+    let out = bottle_in(
+        &agent,
+        here,
+        None,
+        &[
+            "run",
+            "--rm",
+            "--image",
+            &good.display().to_string(),
+            "--",
+            "grep",
+            "-c",
+            "BEGIN CERTIFICATE",
+            "/etc/ssl/certs/ca-certificates.crt",
+        ],
+    );
+    assert_eq!(ok(&out, &agent), "1\n");
 }

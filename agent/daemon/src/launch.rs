@@ -60,6 +60,8 @@ pub enum LaunchError {
     Pid(PathBuf),
     #[error(transparent)]
     Workspace(#[from] crate::workspace::WorkspaceError),
+    #[error("trust check failed, the workload was not started: {0}")]
+    SelfCheck(#[from] crate::selfcheck::SelfCheckError),
 }
 
 impl LaunchError {
@@ -71,7 +73,8 @@ impl LaunchError {
                 | Self::NotOverlayReady(_)
                 | Self::NoCommand(_)
                 | Self::Unmapped { .. }
-        ) || matches!(self, Self::Workspace(w) if w.is_user_error())
+        ) || matches!(self, Self::SelfCheck(c) if c.is_user_error())
+            || matches!(self, Self::Workspace(w) if w.is_user_error())
     }
 }
 
@@ -270,6 +273,13 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         oom_score_adj: 500,
     };
     rootfs.prepare_mount_points(&bundle::mount_points(&spec))?;
+    // The trust check, with the bundle exactly as the container will read it.
+    let netns_name = p
+        .netns_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::selfcheck::check(&netns_name, p.gateway, &rootfs.trust_bundle()?)?;
     rootfs.chown_dirs(&[&spec.home], host_uid, host_gid)?;
     let oci = bundle::build(&spec)?;
     let bdir = bundle_dir(&p.run_dir, &p.id);

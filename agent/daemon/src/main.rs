@@ -12,6 +12,7 @@ mod network;
 mod paths;
 mod preflight;
 mod run;
+mod selfcheck;
 mod services;
 mod state;
 mod workspace;
