@@ -17,6 +17,7 @@ const MOUNT_SLOT: u8 = 82;
 const FREEZE_SLOT: u8 = 83;
 const ENV_SLOT: u8 = 84;
 const TRUST_SLOT: u8 = 85;
+const RUNTIME_SLOT: u8 = 86;
 
 /// The offline test image (busybox, curl, git) that `cargo xtask images` builds.
 fn test_image() -> String {
@@ -366,6 +367,8 @@ fn privileged_proxy_variables_and_limits_refused_early() {
         vec!["--cpus=-1"],
         vec!["--cpus", "100000"],
         vec!["--pids", "0"],
+        vec!["--pids", "99999999"],
+        vec!["--memory", "2048t"],
     ] {
         let mut args = vec!["run", "--rm", "--image", img.as_str()];
         args.extend(bad.iter().copied());
@@ -473,4 +476,48 @@ fn privileged_trust_check_stops_a_launch_the_container_could_not_trust() {
         ],
     );
     assert_eq!(ok(&out, &agent), "1\n");
+}
+
+#[test]
+fn privileged_configured_runtime_is_used_and_a_missing_one_named() {
+    if !privileged("privileged_configured_runtime_is_used_and_a_missing_one_named") {
+        return;
+    }
+    let agent = Agent::start(RUNTIME_SLOT, "runtime = \"crun\"");
+    let img = test_image();
+    let out = bottle_in(
+        &agent,
+        agent.dir.path(),
+        None,
+        &["run", "--rm", "--image", &img, "--", "true"],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("crun"), "{err}");
+    if !Path::new("/usr/bin/crun").exists() && !Path::new("/usr/sbin/crun").exists() {
+        assert!(err.contains("Debian package `crun`"), "{err}");
+        assert!(
+            agent.log().contains("container runtime crun not found"),
+            "{}",
+            agent.log()
+        );
+    }
+    assert!(bottles(&agent).is_empty(), "a failed launch left a bottle");
+    drop(agent);
+
+    // Anything but runc or crun is a configuration error: the agent does not start.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "runtime = \"docker\"\n").unwrap();
+    let out = Command::new(bin_dir().join("bottle-agent"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("runtime"),
+        "{}",
+        text(&out.stderr)
+    );
 }

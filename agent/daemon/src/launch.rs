@@ -26,6 +26,19 @@ use bottle_launcher::Stdio3;
 
 use crate::paths::{BUNDLES_DIR, CGROUP_PARENT, ROOTFS_DIR, RUNC_BINARY, RUNC_DIR};
 
+/// The runtime chosen in the agent's config (`runtime`), set once at start.
+static RUNTIME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Sets the runtime binary (`runc`, `crun`); later calls are ignored.
+pub fn set_runtime(binary: &'static str) {
+    let _ = RUNTIME.set(binary);
+}
+
+/// The runtime binary every workload call uses ([`RUNC_BINARY`] unless configured).
+pub fn runtime() -> &'static str {
+    RUNTIME.get().copied().unwrap_or(RUNC_BINARY)
+}
+
 /// Bound on each runc call (create, start, delete).
 const RUNC_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -295,7 +308,7 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
     // move into runc's child and are closed here once it has been spawned).
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let runc = Runc::new(RUNC_BINARY, &runc_root(&p.run_dir))?.with_timeout(RUNC_TIMEOUT);
+    let runc = Runc::new(runtime(), &runc_root(&p.run_dir))?.with_timeout(RUNC_TIMEOUT);
     let pid_file = bdir.join("pid");
     let container = runc.create(
         &p.id,
@@ -400,7 +413,7 @@ pub fn set_paused(run_dir: &Path, id: &str, paused: bool) -> Result<bool> {
     if !root.join(id).exists() {
         return Ok(false);
     }
-    let runc = Runc::new(RUNC_BINARY, &root)?.with_timeout(RUNC_TIMEOUT);
+    let runc = Runc::new(runtime(), &root)?.with_timeout(RUNC_TIMEOUT);
     let container = runc.container(id)?;
     let status = container.state()?.status;
     match (paused, status) {
@@ -429,7 +442,7 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
     // harmless too (the container holds its own bind), and a failed runc delete must not
     // keep them.
     if root.join(id).exists() {
-        match Runc::new(RUNC_BINARY, &root) {
+        match Runc::new(runtime(), &root) {
             Ok(runc) => {
                 let runc = runc.with_timeout(RUNC_TIMEOUT);
                 match runc.container(id).and_then(|c| c.delete(true)) {

@@ -79,6 +79,12 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
+    launch::set_runtime(config.runtime.binary());
+    // Not fatal: bottles without a workload need no runtime. `bottle run` fails with the same
+    // advice until it is installed.
+    if let Some(problem) = preflight::runtime(config.runtime.binary()) {
+        tracing::warn!("{problem}");
+    }
     let problems = preflight::check(&config.bpf_pin_root);
     if !problems.is_empty() {
         for p in &problems {

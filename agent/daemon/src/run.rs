@@ -31,7 +31,7 @@ use tracing::{debug, error, info, warn};
 use crate::launch::{self, LaunchParams};
 use crate::logfile::CappedLog;
 use crate::manager::{Caller, Manager};
-use crate::paths::{NETNS_DIR, RUNC_BINARY};
+use crate::paths::NETNS_DIR;
 use crate::state::WorkloadRecord;
 
 /// One piece of the response body; `End` is the last one (the exit trailer).
@@ -79,6 +79,9 @@ pub enum Started {
 /// Bounds on what a request may carry.
 const MAX_IMAGE_SPEC: usize = 4096;
 const MIN_MEMORY: u64 = 4 << 20;
+/// Larger limits are typos (1 PiB of memory; the kernel's largest pid_max).
+const MAX_MEMORY: u64 = 1 << 50;
+const MAX_PIDS: i64 = 4 << 20;
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::BadRequest, message)
@@ -114,8 +117,16 @@ fn validate(caller: Caller, req: &RunRequest) -> Result<(), ApiError> {
             "memory limit must be at least {MIN_MEMORY} bytes"
         )));
     }
+    if l.memory_bytes.is_some_and(|m| m > MAX_MEMORY) {
+        return Err(bad(format!(
+            "memory limit must be at most {MAX_MEMORY} bytes (1 PiB); check the unit"
+        )));
+    }
     if l.pids.is_some_and(|p| p < 1) {
         return Err(bad("pids limit must be at least 1"));
+    }
+    if l.pids.is_some_and(|p| p > MAX_PIDS) {
+        return Err(bad(format!("pids limit must be at most {MAX_PIDS}")));
     }
     if l.cpus
         .is_some_and(|c| !c.is_finite() || c <= 0.0 || c > 1024.0)
@@ -461,7 +472,7 @@ pub async fn stop(
     let signal = |sig: Signal| {
         let (run_dir, id, name) = (run_dir.clone(), before.id.clone(), before.name.clone());
         tokio::task::spawn_blocking(move || {
-            let sent = Runc::new(RUNC_BINARY, &launch::runc_root(&run_dir))
+            let sent = Runc::new(launch::runtime(), &launch::runc_root(&run_dir))
                 .and_then(|r| r.container(&id))
                 .and_then(|c| c.kill(sig, true));
             // Fails when the workload exited meanwhile: the wait below tells.
