@@ -8,12 +8,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::agent::{netns_exec, PrivateAgent};
 
+pub mod launch;
 mod peers;
 mod process;
 pub mod proxy;
 
 /// The benchmarks `run` knows, besides `all`.
-const NAMES: &[&str] = &["datapath", "proxy"];
+const NAMES: &[&str] = &["datapath", "proxy", "launch"];
 
 /// Refuses an unknown benchmark name before anything is installed or built.
 pub fn check_name(which: &str) -> Result<()> {
@@ -30,15 +31,22 @@ pub fn includes_proxy(which: &str) -> bool {
     matches!(which, "proxy" | "all")
 }
 
+pub fn includes_launch(which: &str) -> bool {
+    matches!(which, "launch" | "all")
+}
+
 pub fn run(which: &str) -> Result<()> {
     check_name(which)?;
     match which {
         "datapath" => datapath(),
         "proxy" => proxy::run(),
+        "launch" => launch::run(),
         _ => {
             datapath()?;
             println!();
-            proxy::run()
+            proxy::run()?;
+            println!();
+            launch::run()
         }
     }
 }

@@ -20,6 +20,7 @@
 //! | `POST /v1/bottles/{name}/stop`     | [`StopRequest`]        | [`BottleInfo`]      |
 //! | `GET /v1/kill-switch`              |                        | [`KillSwitch`]      |
 //! | `PUT /v1/kill-switch`              | [`KillSwitch`]         | [`KillSwitch`]      |
+//! | `PUT /v1/workspaces`               | tar archive            | [`WorkspaceUpload`] |
 //! | `POST /v1/run`                     | [`RunRequest`]         | [`RunFrame`] stream |
 //! |                                    | (`detach: true`)       | [`BottleInfo`]      |
 //!
@@ -166,6 +167,12 @@ pub struct WorkloadInfo {
     /// Set once the workload has exited (255 when its status could not be had).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// CPU time used so far, in nanoseconds (while it runs; from its cgroup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ns: Option<u64>,
+    /// Memory in use now, in bytes (while it runs; from its cgroup, page cache included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// `POST /v1/bottles/{name}/stop`: SIGTERM, then SIGKILL after the grace period.
@@ -348,6 +355,38 @@ pub struct RunRequest {
     /// The manifest agent this run starts; recorded in the bottle's metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentMeta>,
+    /// An upload from `PUT /v1/workspaces` (`--cwd`): it becomes the bottle's writable
+    /// `~/workspace`. Only the uploader may use it, once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Host paths bound into the container (`--mount`); the caller must own each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<RunMount>,
+}
+
+/// `--mount HOST:GUEST[:ro]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunMount {
+    /// Absolute host path, without symlinks in it.
+    pub host: String,
+    /// Absolute path inside the container.
+    pub guest: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readonly: bool,
+}
+
+/// The largest tar archive `PUT /v1/workspaces` accepts.
+pub const MAX_WORKSPACE_BYTES: u64 = 1 << 30;
+
+/// `PUT /v1/workspaces`: the staged upload, to name in [`RunRequest::workspace`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceUpload {
+    pub id: String,
+    /// Entries unpacked (files, directories, symlinks).
+    pub entries: u64,
+    /// Bytes of file content unpacked.
+    pub bytes: u64,
 }
 
 /// One unit of the `POST /v1/run` response stream.
@@ -511,12 +550,16 @@ mod run_frame_tests {
             image: "busybox".into(),
             status: WorkloadStatus::Running,
             exit_code: None,
+            cpu_ns: Some(1),
+            memory_bytes: None,
         });
         assert_eq!(info.display_state(), "running");
         info.workload = Some(WorkloadInfo {
             image: "busybox".into(),
             status: WorkloadStatus::Exited,
             exit_code: Some(143),
+            cpu_ns: None,
+            memory_bytes: None,
         });
         assert_eq!(info.display_state(), "exited(143)");
         info.state = BottleState::Frozen;

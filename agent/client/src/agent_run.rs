@@ -92,6 +92,8 @@ pub enum AgentRunError {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
+    Workspace(#[from] crate::workspace::WorkspaceError),
+    #[error(transparent)]
     Run(#[from] RunError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -101,6 +103,9 @@ pub enum AgentRunError {
 #[derive(Debug, Default)]
 pub struct AgentRunArgs {
     pub agent: String,
+    /// Upload the current directory (with `.git`) as `~/workspace`.
+    pub cwd: bool,
+    pub mounts: Vec<bottle_api::RunMount>,
     pub name: Option<String>,
     /// Use this image instead of the provider's.
     pub image: Option<String>,
@@ -317,7 +322,15 @@ async fn launch(
     args: &AgentRunArgs,
 ) -> Result<Outcome, AgentRunError> {
     let plan = make_plan(agent, Some(&gate_base(info)))?;
+    let workspace = if args.cwd {
+        let dir = std::env::current_dir().map_err(AgentRunError::Cwd)?;
+        Some(crate::workspace::upload(client, &dir).await?.id)
+    } else {
+        None
+    };
     let req = RunRequest {
+        workspace,
+        mounts: args.mounts.clone(),
         bottle: Some(info.name.clone()),
         image: image.to_owned(),
         args: plan.argv(false),

@@ -15,6 +15,8 @@ use tokio::net::UnixStream;
 
 /// How long one API call may take before the client gives up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a workspace upload may take (the agent allows 600 s for the body).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(660);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -167,6 +169,51 @@ impl Client {
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .to_bytes();
         Err(Self::error_of(status, &bytes))
+    }
+
+    /// PUTs raw bytes (a workspace archive) and decodes the JSON answer. Bounded by
+    /// [`UPLOAD_TIMEOUT`] rather than the usual call timeout.
+    pub async fn put_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        let work = async {
+            let stream =
+                UnixStream::connect(&self.socket)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        path: self.socket.clone(),
+                        source,
+                    })?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .method(Method::PUT)
+                .uri(format!("http://bottle-agent{path}"))
+                .header(http::header::HOST, "bottle-agent")
+                .header(http::header::CONTENT_TYPE, "application/x-tar")
+                .header(http::header::CONTENT_LENGTH, bytes.len())
+                .body(Full::new(Bytes::from(bytes)))
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+                .to_bytes();
+            Self::decode(status, &body)
+        };
+        tokio::time::timeout(UPLOAD_TIMEOUT, work)
+            .await
+            .map_err(|_| ClientError::Timeout(UPLOAD_TIMEOUT))?
     }
 
     /// A call whose success has no body (204).

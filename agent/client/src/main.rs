@@ -7,6 +7,7 @@ mod http;
 mod images;
 mod output;
 mod run;
+mod workspace;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -115,6 +116,15 @@ enum Command {
         cpus: Option<f64>,
         #[command(flatten)]
         egress: EgressArgs,
+        /// Copy the current directory (with .git) into the bottle as ~/workspace, where the
+        /// command starts. Works from a remote client too: the directory is uploaded.
+        #[arg(long)]
+        cwd: bool,
+        /// Bind a host path you own into the container: HOST:GUEST or HOST:GUEST:ro (absolute
+        /// paths, no symlinks in HOST; repeatable). Files keep their host owners, which appear
+        /// as `nobody` inside.
+        #[arg(long = "mount", value_name = "HOST:GUEST[:ro]")]
+        mounts: Vec<String>,
         /// Remove the bottle once the command has exited.
         #[arg(long)]
         rm: bool,
@@ -273,6 +283,8 @@ enum CliError {
     AgentRun(#[from] agent_run::AgentRunError),
     #[error(transparent)]
     Image(#[from] images::ImageError),
+    #[error(transparent)]
+    Workspace(#[from] workspace::WorkspaceError),
 }
 
 fn read_file(path: &PathBuf) -> Result<String, CliError> {
@@ -364,6 +376,8 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             detach,
             json: _,
             command,
+            cwd,
+            mounts,
         } => {
             if !env.is_empty() || egress.egress.is_some() || !command.is_empty() {
                 return Err(CliError::Env(
@@ -372,8 +386,14 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                         .into(),
                 ));
             }
+            let mounts = mounts
+                .iter()
+                .map(|m| workspace::parse_mount(m))
+                .collect::<Result<Vec<_>, _>>()?;
             let args = agent_run::AgentRunArgs {
                 agent,
+                cwd,
+                mounts,
                 name,
                 image: image.map(absolute_image),
                 yes,
@@ -457,7 +477,21 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             detach,
             json,
             command,
+            cwd,
+            mounts,
         } => {
+            let mounts = mounts
+                .iter()
+                .map(|m| workspace::parse_mount(m))
+                .collect::<Result<Vec<_>, _>>()?;
+            let workspace = if cwd {
+                let dir = std::env::current_dir().map_err(|e| {
+                    CliError::Env(format!("--cwd: cannot read the current directory: {e}"))
+                })?;
+                Some(workspace::upload(&client, &dir).await?.id)
+            } else {
+                None
+            };
             let (policy, secrets) = match &egress.egress {
                 Some(path) => {
                     let (p, s) = load_egress(path)?;
@@ -482,6 +516,8 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                 },
                 remove: rm,
                 detach,
+                workspace,
+                mounts,
                 ..RunRequest::default()
             };
             if detach {

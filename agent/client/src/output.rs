@@ -23,20 +23,39 @@ fn image(b: &BottleInfo) -> &str {
     b.workload.as_ref().map_or("-", |w| w.image.as_str())
 }
 
+/// The workload's CPU time and memory in use, `-` when unknown.
+fn usage(b: &BottleInfo) -> (String, String) {
+    let w = b.workload.as_ref();
+    let cpu = w.and_then(|w| w.cpu_ns).map_or("-".into(), |ns| {
+        #[expect(clippy::cast_precision_loss, reason = "display only")]
+        let secs = ns as f64 / 1e9;
+        format!("{secs:.2}s")
+    });
+    let mem = w.and_then(|w| w.memory_bytes).map_or("-".into(), |m| {
+        #[expect(clippy::cast_precision_loss, reason = "display only")]
+        let m = m as f64;
+        bytes(m)
+    });
+    (cpu, mem)
+}
+
 pub fn bottle_table(bottles: &[BottleInfo]) -> String {
     let mut out = format!(
-        "{:<32} {:<9} {:<11} {:<20} {:<16} {:<6} {}\n",
-        "NAME", "ID", "STATE", "IMAGE", "ADDRESS", "AGE", "OWNER"
+        "{:<32} {:<9} {:<11} {:<20} {:<16} {:<6} {:<8} {:<10} {}\n",
+        "NAME", "ID", "STATE", "IMAGE", "ADDRESS", "AGE", "CPU", "MEM", "OWNER"
     );
     for b in bottles {
+        let (cpu, mem) = usage(b);
         out.push_str(&format!(
-            "{:<32} {:<9} {:<11} {:<20} {:<16} {:<6} {}\n",
+            "{:<32} {:<9} {:<11} {:<20} {:<16} {:<6} {:<8} {:<10} {}\n",
             b.name,
             b.id,
             b.display_state(),
             image(b),
             b.bottle_address,
             age(b.created_at),
+            cpu,
+            mem,
             b.owner_uid
         ));
     }

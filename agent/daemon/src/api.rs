@@ -230,6 +230,72 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))
 }
 
+/// `PUT /v1/workspaces`: spools the tar body (bounded in size and time), unpacks it off the
+/// runtime's workers, and answers with the upload's id. A failed upload leaves nothing.
+async fn receive_workspace(
+    caller: Caller,
+    req: Request<Incoming>,
+    state_dir: &Path,
+) -> Result<bottle_api::WorkspaceUpload, ApiError> {
+    use crate::workspace;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > bottle_api::MAX_WORKSPACE_BYTES) {
+        return Err(workspace::WorkspaceError::TooLarge.into());
+    }
+    let id = workspace::reserve(caller.uid)?;
+    let result = async {
+        let (_, mut file) = workspace::spool_file(state_dir, &id)?;
+        let mut body = req.into_body();
+        let mut written = 0u64;
+        let receive = async {
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("reading the workspace upload: {e}"),
+                    )
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    workspace::spool_write(&mut file, &mut written, &data)?;
+                }
+            }
+            Ok::<_, ApiError>(())
+        };
+        tokio::time::timeout(workspace::UPLOAD_TIMEOUT, receive)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "the workspace upload did not arrive within {}s",
+                        workspace::UPLOAD_TIMEOUT.as_secs()
+                    ),
+                )
+            })??;
+        drop(file);
+        let (dir, up_id) = (state_dir.to_path_buf(), id.clone());
+        let upload = tokio::task::spawn_blocking(move || workspace::unpack_upload(&dir, &up_id))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
+        Ok::<_, ApiError>(upload)
+    }
+    .await;
+    match &result {
+        Ok(u) => debug!(
+            uid = caller.uid,
+            entries = u.entries,
+            bytes = u.bytes,
+            "workspace uploaded"
+        ),
+        Err(_) => workspace::abandon(state_dir, &id),
+    }
+    result
+}
+
 async fn handle(
     req: Request<Incoming>,
     caller: Caller,
@@ -271,6 +337,11 @@ async fn route(
             let info = manager.lock().await.create(caller, body).await?;
             Ok(json(StatusCode::CREATED, &info))
         }
+        (&Method::PUT, ["workspaces"]) => {
+            let state_dir = manager.lock().await.state_dir();
+            let upload = receive_workspace(caller, req, &state_dir).await?;
+            Ok(json(StatusCode::CREATED, &upload))
+        }
         (&Method::POST, ["run"]) => {
             let body: RunRequest = read_json(req).await?;
             let rx = match crate::run::start(caller, manager, body).await? {
@@ -310,7 +381,8 @@ async fn route(
             let info = manager
                 .lock()
                 .await
-                .set_frozen(caller, name, *action == "freeze")?;
+                .set_frozen(caller, name, *action == "freeze")
+                .await?;
             Ok(json(StatusCode::OK, &info))
         }
         (&Method::GET, ["bottles", name, "stats"]) => Ok(json(

@@ -94,6 +94,26 @@ impl<'de> Deserialize<'de> for ServicePort {
 }
 
 /// Everything the agent can be told at start.
+/// The OCI runtime `bottle run` drives (looked up in `PATH`). `crun` suits hosts with pure
+/// cgroup v2; `runc` (Debian 12's 1.1) is the default and the one tested on cgroup v1/hybrid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    #[default]
+    Runc,
+    Crun,
+}
+
+impl Runtime {
+    /// The executable's name, which is also its Debian package's.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Self::Runc => "runc",
+            Self::Crun => "crun",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
@@ -131,6 +151,8 @@ pub struct AgentConfig {
     /// The image cache `bottle run` uses; `<state_dir>/images` when absent (so
     /// `/var/lib/bottle/images` by default).
     pub image_dir: Option<PathBuf>,
+    /// `runc` (default) or `crun`.
+    pub runtime: Runtime,
 }
 
 impl Default for AgentConfig {
@@ -155,6 +177,7 @@ impl Default for AgentConfig {
             audit_max_bytes: 16 * 1024 * 1024,
             max_connections_per_bottle: 512,
             image_dir: None,
+            runtime: Runtime::default(),
         }
     }
 }

@@ -28,6 +28,19 @@ use bottle_launcher::home::{self, HomeFileSpec};
 
 use crate::paths::{BUNDLES_DIR, CGROUP_PARENT, HOMES_DIR, ROOTFS_DIR, RUNC_BINARY, RUNC_DIR};
 
+/// The runtime chosen in the agent's config (`runtime`), set once at start.
+static RUNTIME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Sets the runtime binary (`runc`, `crun`); later calls are ignored.
+pub fn set_runtime(binary: &'static str) {
+    let _ = RUNTIME.set(binary);
+}
+
+/// The runtime binary every workload call uses ([`RUNC_BINARY`] unless configured).
+pub fn runtime() -> &'static str {
+    RUNTIME.get().copied().unwrap_or(RUNC_BINARY)
+}
+
 /// Bound on each runc call (create, start, delete).
 const RUNC_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -62,6 +75,10 @@ pub enum LaunchError {
     Pid(PathBuf),
     #[error(transparent)]
     Home(#[from] home::HomeError),
+    #[error(transparent)]
+    Workspace(#[from] crate::workspace::WorkspaceError),
+    #[error("trust check failed, the workload was not started: {0}")]
+    SelfCheck(#[from] crate::selfcheck::SelfCheckError),
 }
 
 impl LaunchError {
@@ -73,7 +90,8 @@ impl LaunchError {
                 | Self::NotOverlayReady(_)
                 | Self::NoCommand(_)
                 | Self::Unmapped { .. }
-        )
+        ) || matches!(self, Self::SelfCheck(c) if c.is_user_error())
+            || matches!(self, Self::Workspace(w) if w.is_user_error())
     }
 }
 
@@ -110,6 +128,14 @@ pub struct LaunchParams {
     pub workdir: Option<PathBuf>,
     /// Files to place in the home before the workload starts.
     pub home_files: Vec<bottle_api::provision::HomeFile>,
+    /// The caller (SO_PEERCRED): owner of the upload and of the `--mount` paths.
+    pub caller_uid: u32,
+    pub state_dir: PathBuf,
+    /// A pending upload (`--cwd`) to become `~/workspace`.
+    pub workspace: Option<String>,
+    pub mounts: Vec<bottle_api::RunMount>,
+    /// The bottle's gateway: its explicit proxy is `<gateway>:3128`.
+    pub gateway: std::net::Ipv4Addr,
 }
 
 /// A started container: the init's host pid and the read ends of its stdout/stderr.
@@ -220,13 +246,37 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         });
     };
 
-    // Image env, a PATH if the image has none, the CA variables, HOME; then the caller's
-    // variables, which win.
+    // The caller's files: pinned before anything refers to them (see `workspace`).
+    let mut mounts = Vec::with_capacity(p.mounts.len());
+    for (i, m) in p.mounts.iter().enumerate() {
+        mounts.push(crate::workspace::pin_mount(
+            &p.run_dir,
+            &p.id,
+            i,
+            p.caller_uid,
+            m,
+        )?);
+    }
+    let workspace = match &p.workspace {
+        Some(upload) => Some(crate::workspace::claim(
+            &p.state_dir,
+            p.caller_uid,
+            upload,
+            &p.id,
+            host_uid,
+            host_gid,
+        )?),
+        None => None,
+    };
+
+    // Image env, a PATH if the image has none, the CA variables, the proxy variables, HOME;
+    // then the caller's variables, which win.
     let mut env: Vec<String> = image.config.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
     env.extend(rootfs.install_ca(p.ca_pem.as_bytes())?);
+    env.extend(proxy_env(p.gateway));
     let home_path = p.home.clone().unwrap_or_else(|| user.home.clone());
     env.push(format!("HOME={}", home_path.display()));
     for (k, v) in &p.env {
@@ -258,15 +308,18 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
     {
         home::make_dirs(&host_home, rel, host_uid, host_gid)?;
     }
-    let cwd = p.workdir.clone().unwrap_or_else(|| {
-        image
+    // With a workspace, the command starts in it (as it started in the caller's directory).
+    let cwd = match (&p.workdir, workspace.is_some()) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => home_path.join("workspace"),
+        (None, false) => image
             .config
             .working_dir
             .as_deref()
             .filter(|d| d.starts_with('/'))
             .map(PathBuf::from)
-            .unwrap_or_else(|| home_path.clone())
-    });
+            .unwrap_or_else(|| home_path.clone()),
+    };
     let spec = BundleSpec {
         hostname: p.hostname.clone(),
         netns_path: p.netns_path.clone(),
@@ -284,8 +337,8 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         },
         home: home_path.clone(),
         home_source: HomeSource::Host(host_home.clone()),
-        workspace: None,
-        mounts: vec![],
+        workspace,
+        mounts,
         resolv_conf: p.resolv_conf.clone(),
         ca_bundle: None,
         terminal: false,
@@ -293,6 +346,13 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         oom_score_adj: 500,
     };
     rootfs.prepare_mount_points(&bundle::mount_points(&spec))?;
+    // The trust check, with the bundle exactly as the container will read it.
+    let netns_name = p
+        .netns_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::selfcheck::check(&netns_name, p.gateway, &rootfs.trust_bundle()?)?;
     rootfs.chown_dirs(&[&spec.home], host_uid, host_gid)?;
     let oci = bundle::build(&spec)?;
     let bdir = bundle_dir(&p.run_dir, &p.id);
@@ -308,7 +368,7 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
     // move into runc's child and are closed here once it has been spawned).
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let runc = Runc::new(RUNC_BINARY, &runc_root(&p.run_dir))?.with_timeout(RUNC_TIMEOUT);
+    let runc = Runc::new(runtime(), &runc_root(&p.run_dir))?.with_timeout(RUNC_TIMEOUT);
     let pid_file = bdir.join("pid");
     let container = runc.create(
         &p.id,
@@ -335,6 +395,22 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         stdout: out_r,
         stderr: err_r,
     })
+}
+
+/// The explicit proxy for tools that honour the variables (upper and lower case: curl reads
+/// only `http_proxy` lower case, others only upper case); the gateway's own services
+/// (git-gate, supervise) are reached directly.
+pub fn proxy_env(gateway: std::net::Ipv4Addr) -> Vec<String> {
+    let proxy = format!("http://{gateway}:{}", crate::paths::PROXY_PORT);
+    let no_proxy = format!("localhost,127.0.0.1,::1,{gateway}");
+    let mut v = Vec::new();
+    for name in ["HTTPS_PROXY", "HTTP_PROXY"] {
+        v.push(format!("{name}={proxy}"));
+        v.push(format!("{}={proxy}", name.to_ascii_lowercase()));
+    }
+    v.push(format!("NO_PROXY={no_proxy}"));
+    v.push(format!("no_proxy={no_proxy}"));
+    v
 }
 
 fn pipe() -> Result<(File, File)> {
@@ -365,6 +441,50 @@ pub fn oom_killed(id: &str) -> bool {
     })
 }
 
+/// The workload's CPU time (ns) and memory in use (bytes), from its cgroup (v1 `cpuacct` and
+/// `memory` controllers, else v2); `None` for what cannot be read (no workload, or it exited).
+/// Plain file reads: cheap enough for every `ls`.
+pub fn usage(id: &str) -> (Option<u64>, Option<u64>) {
+    let rel = cgroups_path(id);
+    let rel = rel.strip_prefix("/").unwrap_or(&rel);
+    let cg = Path::new("/sys/fs/cgroup");
+    let number = |p: PathBuf| {
+        fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let cpu = number(cg.join("cpuacct").join(rel).join("cpuacct.usage")).or_else(|| {
+        fs::read_to_string(cg.join(rel).join("cpu.stat"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .map(|us| us.saturating_mul(1000))
+    });
+    let memory = number(cg.join("memory").join(rel).join("memory.usage_in_bytes"))
+        .or_else(|| number(cg.join(rel).join("memory.current")));
+    (cpu, memory)
+}
+
+/// Freezes (`runc pause`, the cgroup freezer) or thaws the bottle's workload, if it has one
+/// that runs. Returns whether there was one.
+pub fn set_paused(run_dir: &Path, id: &str, paused: bool) -> Result<bool> {
+    let root = runc_root(run_dir);
+    if !root.join(id).exists() {
+        return Ok(false);
+    }
+    let runc = Runc::new(runtime(), &root)?.with_timeout(RUNC_TIMEOUT);
+    let container = runc.container(id)?;
+    let status = container.state()?.status;
+    match (paused, status) {
+        (true, bottle_launcher::Status::Running) => container.pause()?,
+        (false, bottle_launcher::Status::Paused) => container.resume()?,
+        (_, bottle_launcher::Status::Stopped) => return Ok(false),
+        _ => {}
+    }
+    Ok(true)
+}
+
 /// Removes a bottle's workload: `runc delete --force` (if runc knows the container), the
 /// rootfs (unmounted first) and the bundle. Every step runs; returns what failed. Safe to call
 /// when nothing was ever launched.
@@ -378,8 +498,11 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut failures = Vec::new();
     let root = runc_root(run_dir);
+    // After the container is gone (below) nothing uses the pinned mounts; unpinning first is
+    // harmless too (the container holds its own bind), and a failed runc delete must not
+    // keep them.
     if root.join(id).exists() {
-        match Runc::new(RUNC_BINARY, &root) {
+        match Runc::new(runtime(), &root) {
             Ok(runc) => {
                 let runc = runc.with_timeout(RUNC_TIMEOUT);
                 match runc.container(id).and_then(|c| c.delete(true)) {
@@ -392,6 +515,7 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
             Err(e) => failures.push(e.to_string()),
         }
     }
+    failures.extend(crate::workspace::unpin_mounts(run_dir, id));
     if let Err(e) = rootfs::teardown(&rootfs_dir(run_dir, id)) {
         failures.push(e.to_string());
     }

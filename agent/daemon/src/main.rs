@@ -13,8 +13,10 @@ mod network;
 mod paths;
 mod preflight;
 mod run;
+mod selfcheck;
 mod services;
 mod state;
+mod workspace;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -78,6 +80,12 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
+    launch::set_runtime(config.runtime.binary());
+    // Not fatal: bottles without a workload need no runtime. `bottle run` fails with the same
+    // advice until it is installed.
+    if let Some(problem) = preflight::runtime(config.runtime.binary()) {
+        tracing::warn!("{problem}");
+    }
     let problems = preflight::check(&config.bpf_pin_root);
     if !problems.is_empty() {
         for p in &problems {
@@ -113,6 +121,10 @@ async fn run(config: AgentConfig) -> ExitCode {
         std::fs::Permissions::from_mode(paths::RUN_DIR_MODE),
     ) {
         error!("cannot set the mode of {}: {e}", config.run_dir.display());
+        return AgentExit::State.into();
+    }
+    if let Err(e) = workspace::prepare(&config.state_dir) {
+        error!("preparing the workspace directories: {e}");
         return AgentExit::State.into();
     }
     // `bottle run`'s containers are detached by runc; as their subreaper the agent can reap

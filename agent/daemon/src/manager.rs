@@ -59,6 +59,13 @@ pub enum ManagerError {
     Services(#[from] ServicesError),
     #[error("bottle {0:?} has no running services (see the agent log)")]
     NoServices(String),
+    #[error("{action} the workload of bottle {name:?}: {source}")]
+    Workload {
+        action: &'static str,
+        name: String,
+        #[source]
+        source: launch::LaunchError,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, ManagerError>;
@@ -200,14 +207,23 @@ impl Manager {
                 .as_ref()
                 .map(|s| s.stored.hosts())
                 .unwrap_or_default(),
-            workload: m.workload.as_ref().map(|w| WorkloadInfo {
-                image: w.image.clone(),
-                status: if w.exit_code.is_some() {
-                    WorkloadStatus::Exited
+            workload: m.workload.as_ref().map(|w| {
+                let (cpu_ns, memory_bytes) = if w.exit_code.is_none() {
+                    launch::usage(&m.id)
                 } else {
-                    WorkloadStatus::Running
-                },
-                exit_code: w.exit_code,
+                    (None, None)
+                };
+                WorkloadInfo {
+                    image: w.image.clone(),
+                    status: if w.exit_code.is_some() {
+                        WorkloadStatus::Exited
+                    } else {
+                        WorkloadStatus::Running
+                    },
+                    exit_code: w.exit_code,
+                    cpu_ns,
+                    memory_bytes,
+                }
             }),
             agent: m.agent.clone(),
         }
@@ -436,6 +452,9 @@ impl Manager {
         if let Err(e) = netns::remove_etc(&meta.netns) {
             failures.push(format!("remove /etc/netns/{}: {e}", meta.netns));
         }
+        if let Err(e) = crate::workspace::remove(&self.config.state_dir, &meta.id) {
+            failures.push(e);
+        }
         let ports = self.config.service_ports.clone();
         failures.extend(self.datapath.uninstall(&meta.id, ifindex, &ports));
         if let Err(e) = state::remove_bottle_dir(&self.config.state_dir, &meta.id) {
@@ -456,6 +475,10 @@ impl Manager {
     /// Where workloads' runtime files live (runc root, rootfs, bundles).
     pub fn run_dir(&self) -> std::path::PathBuf {
         self.config.run_dir.clone()
+    }
+
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        self.config.state_dir.clone()
     }
 
     pub fn image_dir(&self) -> std::path::PathBuf {
@@ -486,7 +509,45 @@ impl Manager {
         }
     }
 
-    pub fn set_frozen(&mut self, caller: Caller, name: &str, frozen: bool) -> Result<BottleInfo> {
+    /// Freezes or thaws a bottle: its network (the datapath drops everything) and its
+    /// workload's processes (the cgroup freezer, through `runc pause`/`resume`). Freezing
+    /// stops the network first and thawing starts it last, so a half-done change leaves the
+    /// bottle cut off rather than open.
+    pub async fn set_frozen(
+        &mut self,
+        caller: Caller,
+        name: &str,
+        frozen: bool,
+    ) -> Result<BottleInfo> {
+        if !frozen {
+            self.pause_workload(caller, name, false).await?;
+        }
+        let info = self.set_network_frozen(caller, name, frozen)?;
+        if frozen {
+            self.pause_workload(caller, name, true).await?;
+        }
+        Ok(info)
+    }
+
+    async fn pause_workload(&self, caller: Caller, name: &str, paused: bool) -> Result<()> {
+        let id = self.visible(caller, name)?.meta.id.clone();
+        let run_dir = self.config.run_dir.clone();
+        tokio::task::spawn_blocking(move || launch::set_paused(&run_dir, &id, paused))
+            .await?
+            .map(drop)
+            .map_err(|source| ManagerError::Workload {
+                action: if paused { "freezing" } else { "thawing" },
+                name: name.to_owned(),
+                source,
+            })
+    }
+
+    fn set_network_frozen(
+        &mut self,
+        caller: Caller,
+        name: &str,
+        frozen: bool,
+    ) -> Result<BottleInfo> {
         self.visible(caller, name)?;
         let ports = self.config.service_ports.clone();
         let Some(bottle) = self.bottles.get_mut(name) else {
@@ -704,7 +765,7 @@ impl Manager {
         let image_dir = self.config.image_dir();
         for dir in state::bottle_dirs(&self.config.state_dir) {
             // The image cache may live in the state directory; it is not a bottle.
-            if dir == image_dir {
+            if dir == image_dir || dir == crate::workspace::root(&self.config.state_dir) {
                 continue;
             }
             let meta = match state::load(&dir) {

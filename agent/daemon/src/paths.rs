@@ -17,6 +17,9 @@ pub const DEFAULT_SERVICE_PORTS: &[&str] = &[
     "udp/53", "tcp/53", "tcp/80", "tcp/443", "tcp/3128", "tcp/9420", "tcp/9100",
 ];
 
+/// The explicit (CONNECT) proxy on each bottle's gateway.
+pub const PROXY_PORT: u16 = 3128;
+
 /// API socket: owner and group may connect.
 pub const SOCKET_MODE: u32 = 0o660;
 /// State and runtime directories: root only.
@@ -42,6 +45,13 @@ pub const ROOTFS_DIR: &str = "rootfs";
 pub const BUNDLES_DIR: &str = "bundles";
 /// Workload homes (`homes/<id>`), kept across runs in one bottle, removed with the bottle.
 pub const HOMES_DIR: &str = "homes";
+/// Under `run_dir`: each bottle's pinned `--mount` sources (`mounts/<id>/<n>`, 0711).
+pub const MOUNTS_DIR: &str = "mounts";
+/// Under `state_dir`: bottles' workspaces (`workspaces/<id>/`, owned by the workload's mapped
+/// ids) and pending uploads (`workspaces/uploads/`, root-only). `state_dir` and `workspaces/`
+/// are 0711 so runc's init can reach a workspace (see `workspace`).
+pub const WORKSPACES_DIR: &str = "workspaces";
+pub const UPLOADS_DIR: &str = "uploads";
 /// Mode of `run_dir`: traversable, not listable (see above).
 pub const RUN_DIR_MODE: u32 = 0o711;
 /// The runtime (looked up in PATH).

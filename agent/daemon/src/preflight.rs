@@ -42,6 +42,21 @@ pub fn check(bpffs_root: &Path) -> Vec<String> {
     problems
 }
 
+/// The container runtime's problem, if it cannot be found in `PATH`.
+pub fn runtime(binary: &str) -> Option<String> {
+    // The agent's PATH and the standard directories, where the launcher looks too.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let standard = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let found = std::env::split_paths(&path)
+        .chain(std::env::split_paths(standard))
+        .any(|dir| dir.join(binary).is_file());
+    (!found).then(|| {
+        format!(
+            "container runtime {binary} not found in PATH: install the Debian package `{binary}` (apt-get install {binary}); `bottle run` fails until then"
+        )
+    })
+}
+
 fn effective_caps() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let hex = status

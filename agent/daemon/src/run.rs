@@ -31,7 +31,7 @@ use tracing::{debug, error, info, warn};
 use crate::launch::{self, LaunchParams};
 use crate::logfile::CappedLog;
 use crate::manager::{Caller, Manager};
-use crate::paths::{NETNS_DIR, RUNC_BINARY};
+use crate::paths::NETNS_DIR;
 use crate::state::WorkloadRecord;
 
 /// One piece of the response body; `End` is the last one (the exit trailer).
@@ -105,6 +105,9 @@ pub enum Started {
 /// Bounds on what a request may carry.
 const MAX_IMAGE_SPEC: usize = 4096;
 const MIN_MEMORY: u64 = 4 << 20;
+/// Larger limits are typos (1 PiB of memory; the kernel's largest pid_max).
+const MAX_MEMORY: u64 = 1 << 50;
+const MAX_PIDS: i64 = 4 << 20;
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::BadRequest, message)
@@ -168,13 +171,39 @@ fn validate(caller: Caller, req: &RunRequest) -> Result<(), ApiError> {
             "memory limit must be at least {MIN_MEMORY} bytes"
         )));
     }
+    if l.memory_bytes.is_some_and(|m| m > MAX_MEMORY) {
+        return Err(bad(format!(
+            "memory limit must be at most {MAX_MEMORY} bytes (1 PiB); check the unit"
+        )));
+    }
     if l.pids.is_some_and(|p| p < 1) {
         return Err(bad("pids limit must be at least 1"));
+    }
+    if l.pids.is_some_and(|p| p > MAX_PIDS) {
+        return Err(bad(format!("pids limit must be at most {MAX_PIDS}")));
     }
     if l.cpus
         .is_some_and(|c| !c.is_finite() || c <= 0.0 || c > 1024.0)
     {
         return Err(bad("cpus must be a positive number"));
+    }
+    if let Some(id) = &req.workspace {
+        crate::workspace::check(caller.uid, id)?;
+    }
+    if req.mounts.len() > crate::workspace::MAX_MOUNTS {
+        return Err(bad(format!(
+            "at most {} --mount per run",
+            crate::workspace::MAX_MOUNTS
+        )));
+    }
+    for m in &req.mounts {
+        if !m.host.starts_with('/') || m.host.contains('\0') {
+            return Err(bad(format!(
+                "--mount host path {:?} must be absolute",
+                m.host
+            )));
+        }
+        crate::workspace::check_guest(&m.guest).map_err(bad)?;
     }
     Ok(())
 }
@@ -201,7 +230,7 @@ async fn launch(
     manager: Arc<Mutex<Manager>>,
     req: RunRequest,
 ) -> Result<Started, ApiError> {
-    let (info, created, _launching, ca_pem, run_dir, image_dir, log_path) = {
+    let (info, created, _launching, ca_pem, run_dir, image_dir, log_path, state_dir) = {
         let mut m = manager.lock().await;
         let info = match &req.bottle {
             Some(name) => {
@@ -236,6 +265,7 @@ async fn launch(
                 m.run_dir(),
                 m.image_dir(),
                 m.workload_log_path(&info.id),
+                m.state_dir(),
             ),
             Err(e) => {
                 if created {
@@ -264,6 +294,11 @@ async fn launch(
         home: req.home.as_ref().map(std::path::PathBuf::from),
         workdir: req.workdir.as_ref().map(std::path::PathBuf::from),
         home_files: req.home_files.clone(),
+        caller_uid: caller.uid,
+        state_dir,
+        workspace: req.workspace.clone(),
+        mounts: req.mounts.clone(),
+        gateway: info.gateway_address,
     };
     let launched = tokio::task::spawn_blocking(move || launch::start(params)).await;
     let started = match launched {
@@ -282,6 +317,7 @@ async fn launch(
                 }
             }
             return Err(match failed {
+                Ok(Err(launch::LaunchError::Workspace(w))) => w.into(),
                 Ok(Err(e)) if e.is_user_error() => bad(e.to_string()),
                 Ok(Err(e)) => ApiError::new(ErrorCode::Internal, e.to_string()),
                 Err(e) => ApiError::new(ErrorCode::Internal, e.to_string()),
@@ -524,7 +560,7 @@ pub async fn stop(
     let signal = |sig: Signal| {
         let (run_dir, id, name) = (run_dir.clone(), before.id.clone(), before.name.clone());
         tokio::task::spawn_blocking(move || {
-            let sent = Runc::new(RUNC_BINARY, &launch::runc_root(&run_dir))
+            let sent = Runc::new(launch::runtime(), &launch::runc_root(&run_dir))
                 .and_then(|r| r.container(&id))
                 .and_then(|c| c.kill(sig, true));
             // Fails when the workload exited meanwhile: the wait below tells.

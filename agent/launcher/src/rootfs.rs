@@ -229,6 +229,13 @@ impl Rootfs {
             .collect())
     }
 
+    /// The trust bundle as the container will read it ([`CA_BUNDLE_GUEST`], resolved inside
+    /// the rootfs); empty when there is none.
+    pub fn trust_bundle(&self) -> Result<Vec<u8>> {
+        let root = self.open_root()?;
+        Ok(read_in(&root, &relative(Path::new(CA_BUNDLE_GUEST))?)?.unwrap_or_default())
+    }
+
     /// Resolves the image's `User` (`name`, `uid`, `name:group`, `uid:gid`…) against its
     /// `/etc/passwd` and `/etc/group`; `None` gives [`DEFAULT_USER`].
     pub fn resolve_user(&self, user: Option<&str>) -> Result<ImageUser> {

@@ -129,7 +129,9 @@ fn main() -> Result<(), Box<dyn Error>> {
             let status = cmd.status()?;
             times.push(start.elapsed().as_secs_f64() * 1000.0);
             if !status.success() {
-                return Err(format!("{} run {target} --dry-run: {status}", cli.to_string_lossy()).into());
+                return Err(
+                    format!("{} run {target} --dry-run: {status}", cli.to_string_lossy()).into(),
+                );
             }
         }
         times.sort_by(f64::total_cmp);

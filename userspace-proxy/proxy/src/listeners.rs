@@ -255,6 +255,19 @@ where
             return;
         }
     }
+    if sni == crate::tls::SELF_CHECK_HOST && expected_host.is_none() {
+        // The agent's trust check: a handshake, then nothing (see `SELF_CHECK_HOST`).
+        let acceptor = tokio_rustls::TlsAcceptor::from(ctx.tls_server.clone());
+        if let Ok(Ok(mut tls)) = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            acceptor.accept(Prefixed::new(hello.buffered, stream)),
+        )
+        .await
+        {
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.shutdown()).await;
+        }
+        return;
+    }
     let policy = ctx.policy.current();
     let Some(route) = policy.lookup(&sni) else {
         audit_tls_denied(&ctx, &sni, "not in the egress allowlist");

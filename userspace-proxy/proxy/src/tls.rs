@@ -142,8 +142,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// Picks the leaf by SNI: only allowlisted, non-passthrough names get one. Returning `None`
-/// aborts the handshake.
+/// The name the agent's launch-time check asks for (`.invalid` can never be a real host):
+/// the proxy completes the handshake with a leaf from the bottle's CA and then closes, so the
+/// agent can prove the container's trust bundle validates the bottle's CA. Nothing is
+/// forwarded for it.
+pub const SELF_CHECK_HOST: &str = "self-check.bottle.invalid";
+
+/// Picks the leaf by SNI: only allowlisted, non-passthrough names (and [`SELF_CHECK_HOST`])
+/// get one. Returning `None` aborts the handshake.
 #[derive(Debug)]
 struct BottleCertResolver {
     policy: PolicyHandle,
@@ -153,6 +159,9 @@ struct BottleCertResolver {
 impl ResolvesServerCert for BottleCertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let sni = hello.server_name()?.to_ascii_lowercase();
+        if sni == SELF_CHECK_HOST {
+            return self.ca.leaf(&sni).ok();
+        }
         let policy = self.policy.current();
         let route = policy.lookup(&sni)?;
         if route.passthrough {

@@ -1,0 +1,271 @@
+//! `cargo xtask bench launch`: `bottle run --rm IMG true` end to end (client process start to
+//! exit: bottle create with netns, veth and tcx programs, services, overlay rootfs, CA
+//! install, trust check, bundle, runc create/start, wait, cleanup, bottle removal) against
+//! `runc run` of an equivalent prepared bundle (same image as a plain directory, runc's
+//! default spec: no user namespace, no seccomp, nothing to clean up but the container) and
+//! `podman run --rm --rootfs DIR --network none true` (Debian's podman, driving the same
+//! runc), 30 runs each, interleaved. Also the agent's RSS per running (detached) bottle.
+//!
+//! The image is the offline test image (`cargo xtask images`); podman comes from Debian and
+//! is installed by the unprivileged part ([`prepare`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::process::{self, WorkDir};
+use super::{percentile, rss_kib};
+use crate::agent::PrivateAgent;
+use crate::sh;
+
+const RUNS: usize = 30;
+/// Detached bottles for the RSS measurement.
+const RSS_BOTTLES: usize = 10;
+const POOL: &str = "10.213.160.0/20";
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+const RUNC: &str = "/usr/sbin/runc";
+const PODMAN: &str = "/usr/bin/podman";
+
+/// As the calling user: the test image, and podman from Debian when missing.
+pub fn prepare() -> Result<()> {
+    let image = sh::target_dir()?.join("images/bottle-test/index.json");
+    if !image.exists() {
+        crate::images::run(false)?;
+    }
+    if !Path::new(PODMAN).exists() {
+        sh::apt_install(&["podman"])?;
+    }
+    Ok(())
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+fn timed(cmd: &mut Command) -> Result<f64> {
+    let shown = format!("{cmd:?}");
+    let t = Instant::now();
+    let out = process::output(cmd, RUN_TIMEOUT)?;
+    let elapsed = ms(t);
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(elapsed)
+}
+
+/// The image's layers merged into one plain directory (the test image has no whiteouts).
+fn flat_rootfs(agent: &PrivateAgent, dest: &Path) -> Result<()> {
+    let store = bottle_image::ImageStore::open(&agent.dir.join("state/images"))
+        .context("opening the bench agent's image store")?;
+    let record = store
+        .resolve("bottle-test:latest")
+        .context("the test image is not in the bench agent's cache")?;
+    std::fs::create_dir_all(dest)?;
+    // Bottom layer first, so upper layers win.
+    for lower in record.lower_dirs().iter().rev() {
+        process::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", lower.display()))
+                .arg(dest),
+            Duration::from_secs(120),
+        )?;
+    }
+    Ok(())
+}
+
+/// `runc spec`, then: run `true`, no terminal, read-only root at `rootfs`.
+fn runc_bundle(bundle: &Path, rootfs: &Path) -> Result<()> {
+    std::fs::create_dir_all(bundle)?;
+    process::run(
+        Command::new(RUNC).arg("spec").arg("--bundle").arg(bundle),
+        Duration::from_secs(20),
+    )?;
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    spec["process"]["args"] = serde_json::json!(["true"]);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["root"]["path"] = serde_json::json!(rootfs.display().to_string());
+    spec["root"]["readonly"] = serde_json::json!(true);
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(())
+}
+
+struct Series {
+    name: &'static str,
+    detail: &'static str,
+    ms: Vec<f64>,
+}
+
+impl Series {
+    fn p(&self, p: f64) -> f64 {
+        let mut v = self.ms.clone();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, p)
+    }
+}
+
+pub fn run() -> Result<()> {
+    let _interrupts = process::Interrupts::catch();
+    let image = sh::target_dir()?.join("images/bottle-test");
+    let image = image.display().to_string();
+    let agent = PrivateAgent::start("lnch", POOL, "")?;
+    let work = WorkDir::new("bottle-bench-launch")?;
+
+    // Warm-up: imports the image into the agent's cache.
+    agent.client_env(&["run", "--rm", "--image", &image, "--", "true"], &[])?;
+    let rootfs = work.path().join("rootfs");
+    flat_rootfs(&agent, &rootfs)?;
+    let bundle = work.path().join("bundle");
+    runc_bundle(&bundle, &rootfs)?;
+    let runc_root = work.path().join("runc-root");
+    let podman_dir = work.path().join("podman");
+
+    let bottle_cmd = || {
+        let mut c = Command::new(PathBuf::from(sh::bin_dir(true)?).join("bottle"));
+        c.args(["run", "--rm", "--image", "bottle-test:latest", "--", "true"])
+            .env("BOTTLE_HOST", agent.socket());
+        Ok::<_, anyhow::Error>(c)
+    };
+    let runc_cmd = |i: usize| {
+        let mut c = Command::new(RUNC);
+        c.arg("--root")
+            .arg(&runc_root)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(format!("bench-{}-{i}", std::process::id()));
+        c
+    };
+    let podman_cmd = || {
+        let mut c = Command::new(PODMAN);
+        c.args(["--runtime", RUNC, "--cgroup-manager", "cgroupfs"])
+            .args(["--events-backend", "none", "--root"])
+            .arg(podman_dir.join("storage"))
+            .arg("--runroot")
+            .arg(podman_dir.join("runroot"))
+            .args(["run", "--rm", "--network", "none", "--rootfs"])
+            .arg(&rootfs)
+            .arg("true");
+        c
+    };
+    // Warm-up of the baselines (podman initialises its storage on first use).
+    timed(&mut runc_cmd(RUNS))?;
+    let podman_ok = match timed(&mut podman_cmd()) {
+        Ok(_) => None,
+        Err(e) => Some(format!("{e:#}")),
+    };
+
+    let mut bottle = Series {
+        name: "`bottle run --rm bottle-test true`",
+        detail: "client start to exit",
+        ms: Vec::new(),
+    };
+    let mut runc = Series {
+        name: "`runc run` of a prepared bundle",
+        detail: "same image as a directory, runc's default spec",
+        ms: Vec::new(),
+    };
+    let mut podman = Series {
+        name: "`podman run --rm --rootfs DIR --network none true`",
+        detail: "Debian podman, runtime runc, cgroupfs",
+        ms: Vec::new(),
+    };
+    let mut create = Vec::new();
+    let mut remove = Vec::new();
+    for i in 0..RUNS {
+        process::check_interrupted()?;
+        eprintln!("xtask: bench launch: run {}/{RUNS}", i + 1);
+        bottle.ms.push(timed(&mut bottle_cmd()?)?);
+        runc.ms.push(timed(&mut runc_cmd(i))?);
+        if podman_ok.is_none() {
+            podman.ms.push(timed(&mut podman_cmd())?);
+        }
+        // The network part alone (create + remove through the API), for the breakdown.
+        let name = format!("net-{i}");
+        let t = Instant::now();
+        agent.create(&name)?;
+        create.push(ms(t));
+        let t = Instant::now();
+        agent.remove(&name)?;
+        remove.push(ms(t));
+    }
+    create.sort_by(f64::total_cmp);
+    remove.sort_by(f64::total_cmp);
+
+    // Agent memory per running bottle.
+    let rss_before = rss_kib(agent.pid())?;
+    for i in 0..RSS_BOTTLES {
+        agent.client_env(
+            &[
+                "run",
+                "--detach",
+                "--name",
+                &format!("rss-{i}"),
+                "--image",
+                "bottle-test:latest",
+                "--",
+                "sleep",
+                "1000",
+            ],
+            &[],
+        )?;
+    }
+    let rss_after = rss_kib(agent.pid())?;
+    for i in 0..RSS_BOTTLES {
+        agent.remove(&format!("rss-{i}"))?;
+    }
+    drop(agent);
+
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("## launch (`cargo xtask bench launch`)\n");
+    println!(
+        "{RUNS} runs each, interleaved; load average at the end: {}",
+        load.trim()
+    );
+    println!();
+    println!("| what | p50 | p95 | p50 / runc |");
+    println!("|---|---|---|---|");
+    let base = runc.p(50.0);
+    for s in [&bottle, &runc, &podman] {
+        if s.ms.is_empty() {
+            println!(
+                "| {} ({}) | not measured: {} | | |",
+                s.name,
+                s.detail,
+                podman_ok.as_deref().unwrap_or("")
+            );
+            continue;
+        }
+        println!(
+            "| {} ({}) | {:.1} ms | {:.1} ms | **{:.2}×** |",
+            s.name,
+            s.detail,
+            s.p(50.0),
+            s.p(95.0),
+            s.p(50.0) / base
+        );
+    }
+    println!(
+        "| of which bottle create (netns, veth, tcx, services), API | {:.1} ms | {:.1} ms | |",
+        percentile(&create, 50.0),
+        percentile(&create, 95.0)
+    );
+    println!(
+        "| of which bottle remove, API | {:.1} ms | {:.1} ms | |",
+        percentile(&remove, 50.0),
+        percentile(&remove, 95.0)
+    );
+    #[expect(clippy::cast_precision_loss, reason = "display only")]
+    let per_bottle = rss_after.saturating_sub(rss_before) as f64 / RSS_BOTTLES as f64;
+    println!(
+        "| agent RSS per running bottle ({RSS_BOTTLES} detached `sleep`) | {per_bottle:.0} KiB | | ({} → {} KiB) |",
+        rss_before, rss_after
+    );
+    Ok(())
+}
