@@ -5,6 +5,7 @@ mod agents;
 mod http;
 mod output;
 mod run;
+mod term;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,8 +15,8 @@ use std::time::Duration;
 use ::http::Method;
 use bottle_api::policy::EgressPolicy;
 use bottle_api::{
-    BottleInfo, BottleStats, CreateBottle, DlpMode, DlpSettings, KillSwitch, RunLimits, RunRequest,
-    SetPolicy,
+    BottleInfo, BottleStats, CreateBottle, DlpMode, DlpSettings, ExecRequest, KillSwitch,
+    RunLimits, RunRequest, SetPolicy,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -41,8 +42,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create a bottle, run a command in it from an image (non-interactive), stream its
-    /// output; exits with the command's exit status.
+    /// Create a bottle, run a command in it from an image; stdin is forwarded, the output
+    /// streamed; exits with the command's exit status (127: command not found).
     Run {
         /// Name of the new bottle; the agent picks one when absent.
         #[arg(long)]
@@ -76,8 +77,33 @@ enum Command {
         /// With --detach: print the bottle as JSON.
         #[arg(long, requires = "detach")]
         json: bool,
+        /// Keep stdin attached (accepted for familiarity: a foreground run always forwards
+        /// stdin until its end).
+        #[arg(short, long, conflicts_with = "detach")]
+        interactive: bool,
+        /// Give the command a terminal (a PTY; our terminal goes raw while it runs and its
+        /// size follows ours). Needs a terminal on stdin.
+        #[arg(short, long, conflicts_with = "detach")]
+        tty: bool,
         /// The command and its arguments (after `--`); the image's default when absent.
         #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Run one more command in a bottle's running workload: its namespaces, cgroup, user,
+    /// environment and seccomp profile, no capabilities. Exits with the command's status.
+    Exec {
+        name: String,
+        /// Extra environment variable: NAME=VALUE or NAME (repeatable).
+        #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+        env: Vec<String>,
+        /// Keep stdin attached (always the case; accepted for familiarity).
+        #[arg(short, long)]
+        interactive: bool,
+        /// Give the command a terminal (needs a terminal on stdin).
+        #[arg(short, long)]
+        tty: bool,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
     /// Egress policy of a bottle.
@@ -293,8 +319,16 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             rm,
             detach,
             json,
+            interactive: _,
+            tty,
             command,
         } => {
+            let terminal = if tty {
+                run::Terminal::Tty
+            } else {
+                run::Terminal::Pipes
+            };
+            let tty_size = if detach { None } else { terminal.size()? };
             let (policy, secrets) = match &egress.egress {
                 Some(path) => {
                     let (p, s) = load_egress(path)?;
@@ -311,6 +345,7 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                 },
                 image: absolute_image(image),
                 args: command,
+                tty: tty_size,
                 env: run::parse_env(&env)?,
                 limits: RunLimits {
                     memory_bytes: memory.as_deref().map(run::parse_size).transpose()?,
@@ -329,7 +364,26 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                 }
                 return Ok(None);
             }
-            return Ok(Some(run::run(&client, &req).await?));
+            return Ok(Some(run::run(&client, &req, terminal).await?));
+        }
+        Command::Exec {
+            name,
+            env,
+            interactive: _,
+            tty,
+            command,
+        } => {
+            let terminal = if tty {
+                run::Terminal::Tty
+            } else {
+                run::Terminal::Pipes
+            };
+            let req = ExecRequest {
+                args: command,
+                env: run::parse_env(&env)?,
+                tty: terminal.size()?,
+            };
+            return Ok(Some(run::exec(&client, &name, &req, terminal).await?));
         }
         Command::Create { name, egress, json } => {
             let (policy, secrets) = match &egress.egress {

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,12 +23,14 @@ use bottle_image::{ImageRecord, ImageStore};
 use bottle_launcher::bundle::{self, BundleSpec, HomeSource, IdMap, Limits};
 use bottle_launcher::rootfs::{self, Rootfs};
 use bottle_launcher::runc::{Container, CreateOptions, Runc};
-use bottle_launcher::Stdio3;
+use bottle_launcher::{ConsoleSocket, Stdio3};
 
 use crate::paths::{BUNDLES_DIR, CGROUP_PARENT, ROOTFS_DIR, RUNC_BINARY, RUNC_DIR};
 
 /// Bound on each runc call (create, start, delete).
 const RUNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long runc may take to hand over the PTY master once `create` has returned.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -58,6 +61,10 @@ pub enum LaunchError {
     },
     #[error("runc wrote no usable pid to {0}")]
     Pid(PathBuf),
+    #[error("command {0:?} not found in the image (or not executable); check the name and the image's PATH")]
+    CommandNotFound(String),
+    #[error(transparent)]
+    Console(#[from] bottle_launcher::ConsoleError),
 }
 
 impl LaunchError {
@@ -69,6 +76,7 @@ impl LaunchError {
                 | Self::NotOverlayReady(_)
                 | Self::NoCommand(_)
                 | Self::Unmapped { .. }
+                | Self::CommandNotFound(_)
         )
     }
 }
@@ -99,14 +107,31 @@ pub struct LaunchParams {
     pub memory_bytes: Option<u64>,
     pub pids: Option<i64>,
     pub cpus: Option<f64>,
+    pub io: WorkloadIo,
 }
 
-/// A started container: the init's host pid and the read ends of its stdout/stderr.
+/// How the workload's standard streams are connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadIo {
+    /// stdin `/dev/null`, stdout and stderr pipes to the agent.
+    Output,
+    /// stdin, stdout and stderr pipes to the agent.
+    Pipes,
+    /// A PTY of this size made by runc inside the container; the agent holds its master.
+    Tty { rows: u16, cols: u16 },
+}
+
+/// A started container: the init's host pid and the agent's ends of its standard streams.
 pub struct Started {
     pub container: Container,
     pub pid: i32,
-    pub stdout: File,
-    pub stderr: File,
+    /// The write end of the workload's stdin (`WorkloadIo::Pipes`).
+    pub stdin: Option<File>,
+    /// The read ends of its stdout and stderr (not with a terminal).
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+    /// The PTY master (`WorkloadIo::Tty`): read for output, write for input, resize.
+    pub console: Option<File>,
 }
 
 pub fn runc_root(run_dir: &Path) -> PathBuf {
@@ -226,7 +251,7 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         mounts: vec![],
         resolv_conf: p.resolv_conf.clone(),
         ca_bundle: None,
-        terminal: false,
+        terminal: matches!(p.io, WorkloadIo::Tty { .. }),
         cgroups_path: cgroups_path(&p.id),
         oom_score_adj: 500,
     };
@@ -242,37 +267,80 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         .map_err(io_at(&parent))?;
     bundle::write(&spec, &oci, &bdir)?;
 
-    // Pipes for the workload's output; the agent keeps only the read ends (the write ends
-    // move into runc's child and are closed here once it has been spawned).
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
+    // Pipes for the workload's streams; the agent keeps only its ends (the others move into
+    // runc's child and are closed here once it has been spawned). With a terminal, runc makes
+    // the PTY inside the container and hands us the master over the console socket.
     let runc = Runc::new(RUNC_BINARY, &runc_root(&p.run_dir))?.with_timeout(RUNC_TIMEOUT);
     let pid_file = bdir.join("pid");
-    let container = runc.create(
+    let mut ours = Started {
+        container: runc.container(&p.id)?,
+        pid: 0,
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        console: None,
+    };
+    let mut stdio = Stdio3 {
+        stdin: None,
+        stdout: None,
+        stderr: None,
+    };
+    let console = match p.io {
+        WorkloadIo::Tty { .. } => Some(ConsoleSocket::bind(&bdir.join("console.sock"))?),
+        WorkloadIo::Output | WorkloadIo::Pipes => {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            (ours.stdout, stdio.stdout) = (Some(out_r), Some(out_w));
+            (ours.stderr, stdio.stderr) = (Some(err_r), Some(err_w));
+            if p.io == WorkloadIo::Pipes {
+                let (in_r, in_w) = pipe()?;
+                (ours.stdin, stdio.stdin) = (Some(in_w), Some(in_r));
+            }
+            None
+        }
+    };
+    let created = runc.create(
         &p.id,
         &bdir,
         CreateOptions {
             pid_file: Some(&pid_file),
-            console_socket: None,
-            stdio: Stdio3 {
-                stdin: None,
-                stdout: Some(out_w),
-                stderr: Some(err_w),
-            },
+            console_socket: console.as_ref().map(ConsoleSocket::path),
+            stdio,
         },
-    )?;
-    let pid: i32 = fs::read_to_string(&pid_file)
+    );
+    ours.container = created.map_err(|e| command_not_found(e, &spec.args))?;
+    if let (Some(console), WorkloadIo::Tty { rows, cols }) = (&console, p.io) {
+        let master = console.recv_master(CONSOLE_TIMEOUT)?;
+        // Before `start`, so the workload's first look at its terminal sees the right size.
+        bottle_launcher::console::set_size(master.as_fd(), rows, cols).map_err(|source| {
+            LaunchError::Io {
+                path: PathBuf::from("console"),
+                source,
+            }
+        })?;
+        ours.console = Some(File::from(master));
+    }
+    ours.pid = fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .filter(|&pid| pid > 0)
         .ok_or_else(|| LaunchError::Pid(pid_file.clone()))?;
-    container.start()?;
-    Ok(Started {
-        container,
-        pid,
-        stdout: out_r,
-        stderr: err_r,
-    })
+    ours.container.start()?;
+    Ok(ours)
+}
+
+/// runc reports a missing or non-executable command as a failed `create` whose message
+/// names the `exec`; that is the caller's mistake, said plainly (exit 127 in the client).
+fn command_not_found(e: bottle_launcher::RuncError, args: &[String]) -> LaunchError {
+    let text = e.to_string();
+    let exec_failed = text.contains("exec: ")
+        && (text.contains("executable file not found")
+            || text.contains("no such file or directory")
+            || text.contains("permission denied"));
+    match (exec_failed, args.first()) {
+        (true, Some(cmd)) => LaunchError::CommandNotFound(cmd.clone()),
+        _ => LaunchError::Runc(e),
+    }
 }
 
 fn pipe() -> Result<(File, File)> {

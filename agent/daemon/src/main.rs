@@ -14,6 +14,7 @@ mod preflight;
 mod run;
 mod services;
 mod state;
+mod stream;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

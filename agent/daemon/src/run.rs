@@ -28,11 +28,12 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch, Mutex};
 use tracing::{debug, error, info, warn};
 
-use crate::launch::{self, LaunchParams};
+use crate::launch::{self, LaunchParams, WorkloadIo};
 use crate::logfile::CappedLog;
 use crate::manager::{Caller, Manager};
 use crate::paths::{NETNS_DIR, RUNC_BINARY};
 use crate::state::WorkloadRecord;
+use crate::stream::{Input, Session};
 
 /// One piece of the response body; `End` is the last one (the exit trailer).
 pub enum Msg {
@@ -70,8 +71,8 @@ fn running() -> std::sync::MutexGuard<'static, BTreeMap<String, watch::Receiver<
 
 /// What `POST /v1/run` answers with.
 pub enum Started {
-    /// The workload's output and exit status, as they come.
-    Stream(mpsc::Receiver<Msg>),
+    /// The workload's output and exit status, as they come, and where its input goes.
+    Stream(Session),
     /// `detach`: the bottle; the workload runs on.
     Detached(Box<BottleInfo>),
 }
@@ -128,16 +129,25 @@ fn validate(caller: Caller, req: &RunRequest) -> Result<(), ApiError> {
 /// Creates the bottle, launches the workload and returns the stream of its output (or, when
 /// detached, the bottle). Errors before the workload starts are returned (and leave no bottle
 /// behind).
+///
+/// `interactive`: the client streams input (an upgraded connection), so the workload gets a
+/// stdin pipe, or with `tty` a terminal; otherwise its stdin is `/dev/null`.
 pub async fn start(
     caller: Caller,
     manager: Arc<Mutex<Manager>>,
     req: RunRequest,
+    interactive: bool,
 ) -> Result<Started, ApiError> {
     validate(caller, &req)?;
+    if req.tty.is_some() && (req.detach || !interactive) {
+        return Err(bad(
+            "a terminal needs an interactive stream (not --detach, and the client must ask for the upgrade)",
+        ));
+    }
     // On a task of its own: if the client goes away mid-launch, hyper drops this future, but
     // the launch still completes and hands over to its reaper, which then sees nobody
     // listening, kills the workload and cleans up. Cancelling halfway would leak a container.
-    tokio::spawn(launch(caller, manager, req))
+    tokio::spawn(launch(caller, manager, req, interactive))
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("run task failed: {e}")))?
 }
@@ -146,6 +156,7 @@ async fn launch(
     caller: Caller,
     manager: Arc<Mutex<Manager>>,
     req: RunRequest,
+    interactive: bool,
 ) -> Result<Started, ApiError> {
     let (info, ca_pem, run_dir, image_dir, log_path) = {
         let mut m = manager.lock().await;
@@ -180,6 +191,14 @@ async fn launch(
         memory_bytes: req.limits.memory_bytes,
         pids: req.limits.pids,
         cpus: req.limits.cpus,
+        io: match (req.tty, interactive && !req.detach) {
+            (Some(t), true) => WorkloadIo::Tty {
+                rows: t.rows,
+                cols: t.cols,
+            },
+            (None, true) => WorkloadIo::Pipes,
+            (_, false) => WorkloadIo::Output,
+        },
     };
     let launched = tokio::task::spawn_blocking(move || launch::start(params)).await;
     let started = match launched {
@@ -195,6 +214,9 @@ async fn launch(
                 error!(bottle = %info.name, error = %e, "removing the bottle of a failed run");
             }
             return Err(match failed {
+                Ok(Err(e @ launch::LaunchError::CommandNotFound(_))) => {
+                    ApiError::new(ErrorCode::CommandNotFound, e.to_string())
+                }
                 Ok(Err(e)) if e.is_user_error() => bad(e.to_string()),
                 Ok(Err(e)) => ApiError::new(ErrorCode::Internal, e.to_string()),
                 Err(e) => ApiError::new(ErrorCode::Internal, e.to_string()),
@@ -222,10 +244,25 @@ async fn launch(
         let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
         (Some(tx), Some(rx))
     };
-    let readers = vec![
-        reader(started.stdout, tx.clone(), log.clone(), RunFrame::Stdout),
-        reader(started.stderr, tx.clone(), log, RunFrame::Stderr),
-    ];
+    let console = started.console.map(Arc::new);
+    let mut readers = Vec::new();
+    for (pipe, frame) in [
+        (started.stdout, RunFrame::Stdout as fn(Vec<u8>) -> RunFrame),
+        (started.stderr, RunFrame::Stderr),
+        // A terminal's output is all "stdout".
+        (
+            console.as_ref().and_then(|c| c.try_clone().ok()),
+            RunFrame::Stdout,
+        ),
+    ] {
+        if let Some(pipe) = pipe {
+            readers.push(reader(pipe, tx.clone(), log.clone(), frame));
+        }
+    }
+    let input = Input {
+        stdin: started.stdin,
+        console,
+    };
     let (done, done_rx) = watch::channel(());
     running().insert(info.id.clone(), done_rx);
     let handle = tokio::runtime::Handle::current();
@@ -257,7 +294,7 @@ async fn launch(
         ));
     }
     match rx {
-        Some(rx) => Ok(Started::Stream(rx)),
+        Some(rx) => Ok(Started::Stream(Session { rx, input })),
         None => {
             let now = manager.lock().await.get(caller, &info.name);
             Ok(Started::Detached(Box::new(now.unwrap_or(info))))
