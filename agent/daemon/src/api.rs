@@ -320,6 +320,21 @@ async fn route(
             );
             Ok(resp)
         }
+        (&Method::POST, ["bottles", name, "exec"]) => {
+            let Some(on_upgrade) = wants_stream(&req).then(|| hyper::upgrade::on(&mut req)) else {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "exec needs the interactive stream (Upgrade: {})",
+                        bottle_api::STREAM_PROTOCOL
+                    ),
+                ));
+            };
+            let body: bottle_api::ExecRequest = read_json(req).await?;
+            let session = crate::exec::start(caller, manager, name, body).await?;
+            tokio::spawn(crate::stream::serve(on_upgrade, session));
+            Ok(switching())
+        }
         (&Method::GET, ["bottles", name]) => Ok(json(
             StatusCode::OK,
             &manager.lock().await.get(caller, name)?,

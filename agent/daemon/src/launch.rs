@@ -142,7 +142,7 @@ pub fn rootfs_dir(run_dir: &Path, id: &str) -> PathBuf {
     run_dir.join(ROOTFS_DIR).join(id)
 }
 
-fn bundle_dir(run_dir: &Path, id: &str) -> PathBuf {
+pub fn bundle_dir(run_dir: &Path, id: &str) -> PathBuf {
     run_dir.join(BUNDLES_DIR).join(id)
 }
 

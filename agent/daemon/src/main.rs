@@ -3,6 +3,7 @@
 mod api;
 mod config;
 mod datapath;
+mod exec;
 mod ipam;
 mod launch;
 mod logfile;

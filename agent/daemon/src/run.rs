@@ -43,14 +43,14 @@ pub enum Msg {
 
 /// Frames buffered between the workload and a slow client; beyond this the readers block,
 /// and with them (through the full pipe) the workload: backpressure, not unbounded memory.
-const CHANNEL_FRAMES: usize = 64;
+pub(crate) const CHANNEL_FRAMES: usize = 64;
 /// Bytes read from the workload's stdout/stderr at a time (one frame at most).
 const READ_CHUNK: usize = 16 * 1024;
 /// How often the reaper checks on the client and on runc while the workload runs.
 const POLL: Duration = Duration::from_millis(500);
 /// How long the output readers may take to drain after the workload exited (the pipes close
 /// when the container's last process is gone, which the kernel ensures when init dies).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest workload log; one rotated generation (`workload.log.1`) is kept besides.
 pub const LOG_CAP: u64 = 8 << 20;
@@ -256,7 +256,7 @@ async fn launch(
         ),
     ] {
         if let Some(pipe) = pipe {
-            readers.push(reader(pipe, tx.clone(), log.clone(), frame));
+            readers.push(reader(pipe, tx.clone(), Some(log.clone()), frame));
         }
     }
     let input = Input {
@@ -305,10 +305,10 @@ async fn launch(
 /// Copies one pipe to the log and (when a client listens) as frames until EOF. Keeps reading
 /// when the client is gone, so the workload never blocks on a full pipe while it is being
 /// killed (or, detached, ever).
-fn reader(
+pub(crate) fn reader(
     mut pipe: std::fs::File,
     tx: Option<mpsc::Sender<Msg>>,
-    log: Arc<std::sync::Mutex<CappedLog>>,
+    log: Option<Arc<std::sync::Mutex<CappedLog>>>,
     frame: fn(Vec<u8>) -> RunFrame,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
@@ -317,9 +317,11 @@ fn reader(
             match pipe.read(&mut buf) {
                 Ok(0) => return,
                 Ok(n) => {
-                    log.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .write(&buf[..n]);
+                    if let Some(log) = &log {
+                        log.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .write(&buf[..n]);
+                    }
                     if let Some(tx) = &tx {
                         let bytes = Bytes::from(frame(buf[..n].to_vec()).encode());
                         let _ = tx.blocking_send(Msg::Frame(bytes));

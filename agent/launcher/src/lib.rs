@@ -10,6 +10,7 @@
 
 pub mod bundle;
 pub mod console;
+pub mod nsexec;
 pub mod rootfs;
 pub mod runc;
 pub mod seccomp;
