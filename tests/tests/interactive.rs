@@ -125,16 +125,21 @@ fn ls_state(agent: &Agent, name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Host pids whose command line contains `needle`.
-fn pids_with(needle: &str) -> Vec<String> {
+/// Host pids whose command line (arguments joined by spaces) satisfies `f`.
+fn pids_where(f: impl Fn(&str) -> bool) -> Vec<String> {
     entries(Path::new("/proc"))
         .into_iter()
         .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
         .filter(|p| {
             std::fs::read(Path::new("/proc").join(p).join("cmdline"))
-                .is_ok_and(|c| text(&c).replace('\0', " ").contains(needle))
+                .is_ok_and(|c| f(text(&c).replace('\0', " ").trim_end()))
         })
         .collect()
+}
+
+/// Host pids running exactly `cmdline` (not a `bottle` client that merely names it).
+fn pids_with(cmdline: &str) -> Vec<String> {
+    pids_where(|c| c == cmdline)
 }
 
 // ---- a PTY for the client, as a terminal emulator would give it ----
@@ -157,8 +162,9 @@ fn set_size(fd: i32, rows: u16, cols: u16) {
 }
 
 fn lflag(fd: i32) -> libc::tcflag_t {
-    // SAFETY: tcgetattr writes one termios into a zeroed struct.
+    // SAFETY: termios is plain data; all zeroes is a valid value.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr writes one termios into a live struct.
     assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
     t.c_lflag
 }
@@ -511,5 +517,88 @@ fn privileged_exec_runs_inside_the_workload() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(text(&out.stderr).contains("no running workload"), "{out:?}");
     agent.ok(&["rm", "idle"]);
+    assert_nothing_left(&agent);
+}
+
+#[test]
+fn privileged_agent_restart_keeps_a_detached_workload_running() {
+    if !privileged("privileged_agent_restart_keeps_a_detached_workload_running") {
+        return;
+    }
+    let mut agent = Agent::start(RESTART_SLOT, "");
+    let img = image(&agent);
+    // The workload ends when told to (a file in its /tmp), with a code of our choosing.
+    let out = agent.bottle(&[
+        "run",
+        "--detach",
+        "--name",
+        "keep",
+        "--image",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "echo before; while [ ! -e /tmp/go ]; do sleep 0.2; done; echo after; exit 42",
+    ]);
+    assert!(out.status.success(), "{out:?}\n{}", agent.log());
+    // A foreground run, whose client will outlive nothing: it must be stopped.
+    let mut fg = bottle_cmd(
+        &agent,
+        &[
+            "run", "--name", "fg", "--image", &img, "--", "sleep", "7777",
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for("the foreground workload", Duration::from_secs(60), || {
+        !pids_with("sleep 7777").is_empty()
+    });
+    wait_for(
+        "the detached workload's first line",
+        Duration::from_secs(30),
+        || text(&agent.bottle(&["logs", "keep"]).stdout).contains("before"),
+    );
+
+    agent.kill9();
+    wait_child(&mut fg, &agent);
+    agent.spawn();
+
+    // Still running, and exec works in it.
+    assert_eq!(ls_state(&agent, "keep"), "running", "{}", agent.log());
+    let out = bottle_with_input(&agent, &["exec", "keep", "--", "hostname"], vec![]);
+    assert_eq!(text(&out.stdout), "keep\n", "{out:?}\n{}", agent.log());
+    // The foreground one is stopped and recorded as killed.
+    wait_for(
+        "the orphaned foreground run to be stopped",
+        Duration::from_secs(60),
+        || pids_with("sleep 7777").is_empty() && ls_state(&agent, "fg") == "exited(137)",
+    );
+    // The workload goes on writing its log; when it ends, its exit code is recorded.
+    let out = bottle_with_input(
+        &agent,
+        &["exec", "keep", "--", "sh", "-c", "echo > /tmp/go"],
+        vec![],
+    );
+    assert!(out.status.success(), "{out:?}");
+    wait_for("exited(42)", Duration::from_secs(60), || {
+        ls_state(&agent, "keep") == "exited(42)"
+    });
+    let out = bottle_with_input(&agent, &["logs", "-f", "keep"], vec![]);
+    assert_eq!(text(&out.stdout), "before\nafter\n", "{out:?}");
+    // No keeper, container or rootfs left once it has ended.
+    assert!(pids_with(" keep ").iter().all(|p| {
+        !text(&std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default())
+            .contains(&agent.dir.path().display().to_string())
+    }));
+    assert_eq!(entries(&run_dir(&agent).join("runc")), Vec::<String>::new());
+    assert_eq!(
+        entries(&run_dir(&agent).join("rootfs")),
+        Vec::<String>::new()
+    );
+    agent.ok(&["rm", "keep"]);
+    agent.ok(&["rm", "fg"]);
     assert_nothing_left(&agent);
 }

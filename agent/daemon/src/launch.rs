@@ -65,6 +65,8 @@ pub enum LaunchError {
     CommandNotFound(String),
     #[error(transparent)]
     Console(#[from] bottle_launcher::ConsoleError),
+    #[error("keeper: {0}")]
+    Keeper(String),
 }
 
 impl LaunchError {
@@ -111,8 +113,11 @@ pub struct LaunchParams {
 }
 
 /// How the workload's standard streams are connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkloadIo {
+    /// Detached: a keeper process (`crate::keeper`) runs `runc create`, stays the init's
+    /// parent and writes stdout and stderr to this capped log; stdin `/dev/null`.
+    Kept { log: PathBuf, cap: u64 },
     /// stdin `/dev/null`, stdout and stderr pipes to the agent.
     Output,
     /// stdin, stdout and stderr pipes to the agent.
@@ -132,6 +137,8 @@ pub struct Started {
     pub stderr: Option<File>,
     /// The PTY master (`WorkloadIo::Tty`): read for output, write for input, resize.
     pub console: Option<File>,
+    /// `WorkloadIo::Kept`: the keeper, our child until it exits after the workload.
+    pub keeper: Option<std::process::Child>,
 }
 
 pub fn runc_root(run_dir: &Path) -> PathBuf {
@@ -279,13 +286,24 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         stdout: None,
         stderr: None,
         console: None,
+        keeper: None,
     };
     let mut stdio = Stdio3 {
         stdin: None,
         stdout: None,
         stderr: None,
     };
-    let console = match p.io {
+    let console = match &p.io {
+        WorkloadIo::Kept { log, cap } => {
+            let container = start_kept(&runc, p, &bdir, &pid_file, log, *cap, &mut ours).map_err(
+                |e| match e {
+                    LaunchError::Runc(e) => command_not_found(e, &spec.args),
+                    e => e,
+                },
+            )?;
+            ours.container = container;
+            None
+        }
         WorkloadIo::Tty { .. } => Some(ConsoleSocket::bind(&bdir.join("console.sock"))?),
         WorkloadIo::Output | WorkloadIo::Pipes => {
             let (out_r, out_w) = pipe()?;
@@ -299,6 +317,9 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
             None
         }
     };
+    if ours.keeper.is_some() {
+        return finish_start(ours, &pid_file);
+    }
     let created = runc.create(
         &p.id,
         &bdir,
@@ -309,7 +330,7 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         },
     );
     ours.container = created.map_err(|e| command_not_found(e, &spec.args))?;
-    if let (Some(console), WorkloadIo::Tty { rows, cols }) = (&console, p.io) {
+    if let (Some(console), &WorkloadIo::Tty { rows, cols }) = (&console, &p.io) {
         let master = console.recv_master(CONSOLE_TIMEOUT)?;
         // Before `start`, so the workload's first look at its terminal sees the right size.
         bottle_launcher::console::set_size(master.as_fd(), rows, cols).map_err(|source| {
@@ -320,13 +341,74 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         })?;
         ours.console = Some(File::from(master));
     }
-    ours.pid = fs::read_to_string(&pid_file)
+    finish_start(ours, &pid_file)
+}
+
+fn finish_start(mut ours: Started, pid_file: &Path) -> Result<Started> {
+    ours.pid = fs::read_to_string(pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .filter(|&pid| pid > 0)
-        .ok_or_else(|| LaunchError::Pid(pid_file.clone()))?;
+        .ok_or_else(|| LaunchError::Pid(pid_file.to_path_buf()))?;
     ours.container.start()?;
     Ok(ours)
+}
+
+/// `runc create` through a keeper (`crate::keeper`): spawns it, waits (bounded) for its one
+/// line saying how `create` went. The keeper stays in `ours` (and is killed on failure).
+fn start_kept(
+    runc: &Runc,
+    p: &LaunchParams,
+    bdir: &Path,
+    pid_file: &Path,
+    log: &Path,
+    cap: u64,
+    ours: &mut Started,
+) -> Result<Container> {
+    use std::io::BufRead;
+    let runc_log = bdir.join("create.log");
+    let argv = runc.create_argv(&p.id, bdir, pid_file, &runc_log)?;
+    let exe = std::env::current_exe().map_err(io_at(Path::new("/proc/self/exe")))?;
+    let mut keeper = std::process::Command::new(&exe)
+        .args(crate::keeper::args(bdir, log, cap, argv))
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(io_at(&exe))?;
+    let mark = bdir.join(crate::keeper::MARK_FILE);
+    fs::write(&mark, format!("{}\n", keeper.id())).map_err(io_at(&mark))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(out) = keeper.stdout.take() {
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+    }
+    let line = rx.recv_timeout(RUNC_TIMEOUT + Duration::from_secs(5));
+    let code = line
+        .as_deref()
+        .ok()
+        .and_then(|l| l.trim().parse::<i32>().ok());
+    match code {
+        Some(0) => {
+            ours.keeper = Some(keeper);
+            runc.container(&p.id).map_err(LaunchError::Runc)
+        }
+        Some(code) => {
+            let _ = keeper.wait();
+            Err(LaunchError::Runc(runc.create_failed(code, &runc_log)))
+        }
+        None => {
+            let _ = keeper.kill();
+            let _ = keeper.wait();
+            Err(LaunchError::Keeper(format!(
+                "no answer from the keeper within {:?} (see the agent log)",
+                RUNC_TIMEOUT + Duration::from_secs(5)
+            )))
+        }
+    }
 }
 
 /// runc reports a missing or non-executable command as a failed `create` whose message

@@ -5,6 +5,7 @@ mod config;
 mod datapath;
 mod exec;
 mod ipam;
+mod keeper;
 mod launch;
 mod logfile;
 mod manager;
@@ -62,6 +63,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // `bottle-agent keep …`: a detached workload's keeper (see `keeper`), not an agent.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "keep") {
+        return keeper::main(&argv[2..]);
+    }
     let args = Args::parse();
     let explicit = args.config.is_some();
     let config_path = args
@@ -214,6 +220,7 @@ async fn run(config: AgentConfig) -> ExitCode {
     };
     info!(socket = %socket.display(), "bottle-agent ready");
     let manager = Arc::new(Mutex::new(manager));
+    run::readopt(manager.clone()).await;
     let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     {
         Ok(s) => s,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bottle_api::{ApiError, BottleInfo, ErrorCode, RunFrame, RunRequest};
+use bottle_api::{ApiError, BottleInfo, ErrorCode, RunFrame, RunRequest, WorkloadStatus};
 use bottle_launcher::runc::{self, Container, Runc};
 use bottle_launcher::Status;
 use bytes::Bytes;
@@ -197,6 +197,11 @@ async fn launch(
                 cols: t.cols,
             },
             (None, true) => WorkloadIo::Pipes,
+            // Detached: the keeper writes the log, and the workload survives the agent.
+            (_, false) if req.detach => WorkloadIo::Kept {
+                log: log_path.clone(),
+                cap: LOG_CAP,
+            },
             (_, false) => WorkloadIo::Output,
         },
     };
@@ -237,7 +242,16 @@ async fn launch(
         warn!(bottle = %info.name, error = %e, "cannot record the workload");
     }
 
-    let log = Arc::new(std::sync::Mutex::new(CappedLog::open(log_path, LOG_CAP)));
+    if req.detach && req.remove {
+        // So that a restarted agent still removes the bottle when the workload ends.
+        let mark = launch::bundle_dir(&run_dir, &info.id).join(REMOVE_MARK);
+        if let Err(e) = std::fs::write(&mark, b"") {
+            warn!(bottle = %info.name, error = %e, "cannot mark the run for removal after a restart");
+        }
+    }
+    // A detached workload's keeper writes its log; the agent writes only a foreground one's.
+    let log =
+        (!req.detach).then(|| Arc::new(std::sync::Mutex::new(CappedLog::open(log_path, LOG_CAP))));
     let (tx, rx) = if req.detach {
         (None, None)
     } else {
@@ -256,7 +270,7 @@ async fn launch(
         ),
     ] {
         if let Some(pipe) = pipe {
-            readers.push(reader(pipe, tx.clone(), Some(log.clone()), frame));
+            readers.push(reader(pipe, tx.clone(), log.clone(), frame));
         }
     }
     let input = Input {
@@ -278,6 +292,10 @@ async fn launch(
         image: req.image.clone(),
         container: started.container,
         pid: started.pid,
+        wait: match started.keeper {
+            Some(k) => Wait::Keeper(Some(k)),
+            None => Wait::Direct,
+        },
         readers,
         tx,
         done,
@@ -298,6 +316,65 @@ async fn launch(
         None => {
             let now = manager.lock().await.get(caller, &info.name);
             Ok(Started::Detached(Box::new(now.unwrap_or(info))))
+        }
+    }
+}
+
+/// At start: every bottle whose workload was running when the previous agent stopped gets a
+/// job again, so its exit is recorded and `stop`, `logs -f` and `rm` keep working. A detached
+/// workload (run by its keeper) simply keeps running; a foreground one lost its client with
+/// the old agent and is stopped (exit 137). Nothing is left unsupervised.
+pub async fn readopt(manager: Arc<Mutex<Manager>>) {
+    let root = Caller { uid: 0 };
+    let (bottles, run_dir) = {
+        let m = manager.lock().await;
+        (m.list(root), m.run_dir())
+    };
+    for b in bottles {
+        let Some(w) = &b.workload else { continue };
+        if w.status != WorkloadStatus::Running {
+            continue;
+        }
+        let dir = launch::bundle_dir(&run_dir, &b.id);
+        let kept = dir.join(crate::keeper::MARK_FILE).exists();
+        let container = match Runc::new(RUNC_BINARY, &launch::runc_root(&run_dir))
+            .and_then(|r| r.container(&b.id))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                error!(bottle = %b.name, error = %e, "cannot re-adopt the workload");
+                continue;
+            }
+        };
+        let (done, done_rx) = watch::channel(());
+        running().insert(b.id.clone(), done_rx);
+        let job = Job {
+            caller: root,
+            manager: manager.clone(),
+            handle: tokio::runtime::Handle::current(),
+            name: b.name.clone(),
+            id: b.id.clone(),
+            run_dir: run_dir.clone(),
+            remove: dir.join(REMOVE_MARK).exists(),
+            image: w.image.clone(),
+            container,
+            pid: 0,
+            wait: if kept {
+                Wait::Keeper(None)
+            } else {
+                Wait::Orphan
+            },
+            readers: Vec::new(),
+            tx: None,
+            done,
+        };
+        info!(bottle = %b.name, detached = kept, "re-adopting the workload");
+        if let Err(e) = std::thread::Builder::new()
+            .name(format!("run-{}", b.id))
+            .spawn(move || job.supervise())
+        {
+            running().remove(&b.id);
+            error!(bottle = %b.name, error = %e, "cannot start the workload's reaper");
         }
     }
 }
@@ -345,6 +422,7 @@ struct Job {
     image: String,
     container: Container,
     pid: i32,
+    wait: Wait,
     readers: Vec<JoinHandle<()>>,
     /// `None` when detached.
     tx: Option<mpsc::Sender<Msg>>,
@@ -352,11 +430,33 @@ struct Job {
     done: watch::Sender<()>,
 }
 
+/// How a job learns its workload's exit status.
+enum Wait {
+    /// The init is the agent's child (a foreground run): `waitpid`.
+    Direct,
+    /// A keeper runs it (detached): its exit file. `None` when the keeper is not our child
+    /// (re-adopted after a restart).
+    Keeper(Option<std::process::Child>),
+    /// A foreground run found running at start: its client is gone with the old agent, so it
+    /// is killed; recorded as 137.
+    Orphan,
+}
+
+/// Marks (in the bundle directory) a detached run that was started with `--rm`.
+const REMOVE_MARK: &str = "remove";
+
 impl Job {
     /// Runs on its own thread: reaps the workload, drains its output, cleans up, sends the
     /// trailer.
-    fn supervise(self) {
-        let code = self.wait();
+    fn supervise(mut self) {
+        let code = match &mut self.wait {
+            Wait::Direct => self.wait_direct(),
+            Wait::Keeper(keeper) => {
+                let keeper = keeper.take();
+                self.wait_kept(keeper)
+            }
+            Wait::Orphan => self.wait_orphan(),
+        };
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         for r in &self.readers {
             while !r.is_finished() && Instant::now() < deadline {
@@ -422,7 +522,55 @@ impl Job {
 
     /// The workload's exit status; `None` if it cannot be had (the init was never ours to
     /// reap, or runc lost it) instead of waiting forever.
-    fn wait(&self) -> Option<i32> {
+    /// A keeper's workload: its exit file, once written; `None` if the keeper ended without
+    /// one or (re-adopted) the container is gone without one.
+    fn wait_kept(&self, mut keeper: Option<std::process::Child>) -> Option<i32> {
+        let dir = launch::bundle_dir(&self.run_dir, &self.id);
+        let mut lost = 0;
+        loop {
+            if let Some(code) = crate::keeper::read_exit(&dir) {
+                if let Some(k) = keeper.as_mut() {
+                    let _ = k.wait();
+                }
+                return Some(code);
+            }
+            match keeper.as_mut() {
+                Some(k) => {
+                    if let Ok(Some(_)) = k.try_wait() {
+                        return crate::keeper::read_exit(&dir);
+                    }
+                }
+                None => {
+                    match self.container.state() {
+                        Ok(st) if st.status != Status::Stopped => lost = 0,
+                        _ => lost += 1,
+                    }
+                    if lost >= 4 {
+                        return crate::keeper::read_exit(&dir);
+                    }
+                }
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// A foreground workload that outlived its agent: killed, and reported as such.
+    fn wait_orphan(&self) -> Option<i32> {
+        warn!(bottle = %self.name, "a foreground workload outlived its client and agent; stopping it");
+        for _ in 0..20 {
+            if let Err(e) = self.container.kill(Signal::SIGKILL, true) {
+                debug!(bottle = %self.name, error = %e, "kill");
+            }
+            match self.container.state() {
+                Ok(st) if st.status != Status::Stopped => {}
+                _ => return Some(137),
+            }
+            std::thread::sleep(POLL);
+        }
+        None
+    }
+
+    fn wait_direct(&self) -> Option<i32> {
         let mut killed = false;
         let mut lost = 0;
         loop {
