@@ -541,6 +541,10 @@ fn privileged_agent_restart_keeps_a_detached_workload_running() {
         "echo before; while [ ! -e /tmp/go ]; do sleep 0.2; done; echo after; exit 42",
     ]);
     assert!(out.status.success(), "{out:?}\n{}", agent.log());
+    let out = agent.bottle(&[
+        "run", "--detach", "--name", "keep2", "--image", &img, "--", "sleep", "8888",
+    ]);
+    assert!(out.status.success(), "{out:?}\n{}", agent.log());
     // A foreground run, whose client will outlive nothing: it must be stopped.
     let mut fg = bottle_cmd(
         &agent,
@@ -570,6 +574,13 @@ fn privileged_agent_restart_keeps_a_detached_workload_running() {
     assert_eq!(ls_state(&agent, "keep"), "running", "{}", agent.log());
     let out = bottle_with_input(&agent, &["exec", "keep", "--", "hostname"], vec![]);
     assert_eq!(text(&out.stdout), "keep\n", "{out:?}\n{}", agent.log());
+    // `stop` works on a re-adopted workload.
+    assert_eq!(ls_state(&agent, "keep2"), "running");
+    agent.ok(&["stop", "--time", "1", "keep2"]);
+    let state = ls_state(&agent, "keep2");
+    assert!(state == "exited(143)" || state == "exited(137)", "{state}");
+    assert!(pids_with("sleep 8888").is_empty());
+    agent.ok(&["rm", "keep2"]);
     // The foreground one is stopped and recorded as killed.
     wait_for(
         "the orphaned foreground run to be stopped",

@@ -484,10 +484,22 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
         failures.push(e.to_string());
     }
     let bdir = bundle_dir(run_dir, id);
-    match fs::remove_dir_all(&bdir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => failures.push(format!("remove {}: {e}", bdir.display())),
+    // A detached workload's keeper may still be writing its exit file here as the container
+    // goes: a few tries.
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir_all(&bdir) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(_) if tries < 5 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                failures.push(format!("remove {}: {e}", bdir.display()));
+                break;
+            }
+        }
     }
     failures
 }
