@@ -26,6 +26,9 @@ pub enum ErrorCode {
     InvalidPolicy,
     /// The bottle is in a state that does not allow this operation.
     Conflict,
+    /// The command to run does not exist in the image (or is not executable); the client
+    /// exits 127, as a shell does.
+    CommandNotFound,
     /// The agent failed while doing something it should be able to do; see its log.
     Internal,
 }
@@ -34,7 +37,9 @@ impl ErrorCode {
     /// The HTTP status that goes with this code.
     pub fn http_status(self) -> u16 {
         match self {
-            Self::BadRequest | Self::InvalidName | Self::InvalidPolicy => 400,
+            Self::BadRequest | Self::InvalidName | Self::InvalidPolicy | Self::CommandNotFound => {
+                400
+            }
             Self::Forbidden => 403,
             Self::NotFound | Self::NoSuchEndpoint => 404,
             Self::NameTaken | Self::Conflict => 409,

@@ -11,10 +11,14 @@ pub mod images;
 pub mod name;
 pub mod policy;
 pub mod provision;
+pub mod stream;
 pub mod types;
 
 pub use error::{ApiError, ErrorCode};
 pub use name::{validate_name, NameError};
+pub use stream::{
+    ExecRequest, InputFrame, InputFrameDecoder, TtySize, MAX_INPUT_FRAME_DATA, STREAM_PROTOCOL,
+};
 pub use types::*;
 
 /// Version prefix of every API path.

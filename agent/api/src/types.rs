@@ -23,6 +23,11 @@
 //! | `PUT /v1/workspaces`               | tar archive            | [`WorkspaceUpload`] |
 //! | `POST /v1/run`                     | [`RunRequest`]         | [`RunFrame`] stream |
 //! |                                    | (`detach: true`)       | [`BottleInfo`]      |
+//! | `POST /v1/bottles/{name}/exec`     | [`ExecRequest`](crate::ExecRequest) | upgraded stream |
+//!
+//! `POST /v1/run` (not detached) and `exec` are upgraded to a bidirectional stream when the
+//! client asks for it (see [`crate::stream`]); `run` without an upgrade streams the output
+//! only, with stdin closed.
 //!
 //! Every request body rejects unknown fields, so a typo is an error rather than a silently
 //! ignored setting.
@@ -324,6 +329,9 @@ pub struct RunRequest {
     /// The command; empty means the image's entrypoint and cmd.
     #[serde(default)]
     pub args: Vec<String>,
+    /// A terminal of this size for the workload (`-t`, streamed runs only); pipes when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<crate::stream::TtySize>,
     /// Extra environment. Values travel only in this body and the bundle's `config.json`
     /// (root-only), never on an argv.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -103,6 +103,10 @@ pub enum AgentRunError {
 #[derive(Debug, Default)]
 pub struct AgentRunArgs {
     pub agent: String,
+    /// `-t`: a terminal even when this side has none... as with `run -t`. Without it the
+    /// agent gets a terminal exactly when stdin and stdout are terminals (Claude Code and
+    /// Codex are terminal programs; piped, they get pipes).
+    pub tty: bool,
     /// Upload the current directory (with `.git`) as `~/workspace`.
     pub cwd: bool,
     pub mounts: Vec<bottle_api::RunMount>,
@@ -349,16 +353,27 @@ async fn launch(
         }),
         ..RunRequest::default()
     };
-    start(client, &req).await
+    start(client, req, args.tty).await
 }
 
-async fn start(client: &Client, req: &RunRequest) -> Result<Outcome, AgentRunError> {
+/// A terminal for the agent when asked (`-t`) or when this side is one.
+fn terminal(asked: bool) -> run::Terminal {
+    if asked || (std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
+        run::Terminal::Tty
+    } else {
+        run::Terminal::Pipes
+    }
+}
+
+async fn start(client: &Client, mut req: RunRequest, tty: bool) -> Result<Outcome, AgentRunError> {
     if req.detach {
-        let info = run::detached(client, req).await?;
+        let info = run::detached(client, &req).await?;
         println!("{}", info.name);
         return Ok(None);
     }
-    Ok(Some(run::run(client, req).await?))
+    let terminal = terminal(tty);
+    req.tty = terminal.size()?;
+    Ok(Some(run::run(client, &req, terminal).await?))
 }
 
 /// `bottle resume NAME`: the same agent, with the provider's resume arguments, in the
@@ -400,5 +415,5 @@ pub async fn resume(client: &Client, name: &str, detach: bool) -> Result<Outcome
         home_files: home_files(&plan, &agent)?,
         ..RunRequest::default()
     };
-    start(client, &req).await
+    start(client, req, false).await
 }

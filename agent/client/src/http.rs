@@ -52,6 +52,7 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+        upgrade: bool,
     ) -> Result<http::Response<Incoming>, ClientError> {
         let stream =
             UnixStream::connect(&self.socket)
@@ -63,13 +64,18 @@ impl Client {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        tokio::spawn(conn);
+        tokio::spawn(conn.with_upgrades());
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("http://bottle-agent{path}"))
             .header(http::header::HOST, "bottle-agent");
         if body.is_some() {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        if upgrade {
+            builder = builder
+                .header(http::header::CONNECTION, "upgrade")
+                .header(http::header::UPGRADE, bottle_api::STREAM_PROTOCOL);
         }
         let req = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -87,7 +93,7 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let work = async {
-            let resp = self.request(method, path, body).await?;
+            let resp = self.request(method, path, body, false).await?;
             let status = resp.status();
             let bytes = resp
                 .into_body()
@@ -155,7 +161,7 @@ impl Client {
         head_timeout: Duration,
     ) -> Result<Incoming, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let work = self.request(Method::POST, path, Some(body));
+        let work = self.request(Method::POST, path, Some(body), false);
         let resp = tokio::time::timeout(head_timeout, work)
             .await
             .map_err(|_| ClientError::Timeout(head_timeout))??;
@@ -163,12 +169,40 @@ impl Client {
         if status.is_success() {
             return Ok(resp.into_body());
         }
-        let bytes = tokio::time::timeout(CALL_TIMEOUT, resp.into_body().collect())
+        Err(Self::error_answer(resp).await)
+    }
+
+    /// POSTs `body` asking for the interactive stream (`bottle_api::stream`) and returns the
+    /// upgraded connection, or the agent's error. Only the wait for the answer is bounded.
+    pub async fn upgrade<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        head_timeout: Duration,
+    ) -> Result<hyper::upgrade::Upgraded, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let work = self.request(Method::POST, path, Some(body), true);
+        let resp = tokio::time::timeout(head_timeout, work)
+            .await
+            .map_err(|_| ClientError::Timeout(head_timeout))??;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Self::error_answer(resp).await);
+        }
+        tokio::time::timeout(CALL_TIMEOUT, hyper::upgrade::on(resp))
             .await
             .map_err(|_| ClientError::Timeout(CALL_TIMEOUT))?
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_bytes();
-        Err(Self::error_of(status, &bytes))
+            .map_err(|e| ClientError::Protocol(format!("upgrading the connection: {e}")))
+    }
+
+    /// The error an unwanted answer carries.
+    async fn error_answer(resp: http::Response<Incoming>) -> ClientError {
+        let status = resp.status();
+        let bytes = match tokio::time::timeout(CALL_TIMEOUT, resp.into_body().collect()).await {
+            Err(_) => return ClientError::Timeout(CALL_TIMEOUT),
+            Ok(Err(e)) => return ClientError::Protocol(e.to_string()),
+            Ok(Ok(b)) => b.to_bytes(),
+        };
+        Self::error_of(status, &bytes)
     }
 
     /// PUTs raw bytes (a workspace archive) and decodes the JSON answer. Bounded by

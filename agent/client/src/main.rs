@@ -7,6 +7,7 @@ mod http;
 mod images;
 mod output;
 mod run;
+mod term;
 mod workspace;
 
 use std::collections::BTreeMap;
@@ -17,8 +18,8 @@ use std::time::Duration;
 use ::http::Method;
 use bottle_api::policy::EgressPolicy;
 use bottle_api::{
-    BottleInfo, BottleStats, CreateBottle, DlpMode, DlpSettings, KillSwitch, RunLimits, RunRequest,
-    SetPolicy,
+    BottleInfo, BottleStats, CreateBottle, DlpMode, DlpSettings, ExecRequest, KillSwitch,
+    RunLimits, RunRequest, SetPolicy,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -81,7 +82,7 @@ enum Command {
     /// Create a bottle and run in it either an agent from your bot-bottle manifests
     /// (`bottle run AGENT`: preflight summary, confirm, launch) or a command from an image
     /// (`bottle run --image IMG -- CMD`); streams the output and exits with the workload's
-    /// exit status.
+    /// exit status (127: command not found). stdin is forwarded.
     Run {
         /// An agent from ~/.bot-bottle/agents or ./.bot-bottle/agents (BOTTLE_HOME overrides
         /// ~/.bot-bottle).
@@ -135,6 +136,14 @@ enum Command {
         /// With --detach: print the bottle as JSON.
         #[arg(long, requires = "detach")]
         json: bool,
+        /// Keep stdin attached (accepted for familiarity: a foreground run always forwards
+        /// stdin until its end).
+        #[arg(short, long, conflicts_with = "detach")]
+        interactive: bool,
+        /// Give the command a terminal (a PTY; our terminal goes raw while it runs and its
+        /// size follows ours). Needs a terminal on stdin.
+        #[arg(short, long, conflicts_with = "detach")]
+        tty: bool,
         /// The command and its arguments (after `--`); the image's default when absent.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -152,6 +161,23 @@ enum Command {
     Images {
         #[command(subcommand)]
         action: ImagesAction,
+    },
+    /// Run one more command in a bottle's running workload: its namespaces, cgroup, user,
+    /// environment and seccomp profile, no capabilities. Exits with the command's status.
+    Exec {
+        name: String,
+        /// Extra environment variable: NAME=VALUE or NAME (repeatable).
+        #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+        env: Vec<String>,
+        /// Keep stdin attached (always the case; accepted for familiarity).
+        #[arg(short, long)]
+        interactive: bool,
+        /// Give the command a terminal (needs a terminal on stdin).
+        #[arg(short, long)]
+        tty: bool,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Egress policy of a bottle.
     Policy {
@@ -378,6 +404,8 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             command,
             cwd,
             mounts,
+            interactive: _,
+            tty,
         } => {
             if !env.is_empty() || egress.egress.is_some() || !command.is_empty() {
                 return Err(CliError::Env(
@@ -392,6 +420,7 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                 .collect::<Result<Vec<_>, _>>()?;
             let args = agent_run::AgentRunArgs {
                 agent,
+                tty,
                 cwd,
                 mounts,
                 name,
@@ -476,6 +505,8 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             rm,
             detach,
             json,
+            interactive: _,
+            tty,
             command,
             cwd,
             mounts,
@@ -492,6 +523,12 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             } else {
                 None
             };
+            let terminal = if tty {
+                run::Terminal::Tty
+            } else {
+                run::Terminal::Pipes
+            };
+            let tty_size = if detach { None } else { terminal.size()? };
             let (policy, secrets) = match &egress.egress {
                 Some(path) => {
                     let (p, s) = load_egress(path)?;
@@ -508,6 +545,7 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                 },
                 image: absolute_image(image.unwrap_or_default()),
                 args: command,
+                tty: tty_size,
                 env: run::parse_env(&env)?,
                 limits: RunLimits {
                     memory_bytes: memory.as_deref().map(run::parse_size).transpose()?,
@@ -529,7 +567,26 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                 }
                 return Ok(None);
             }
-            return Ok(Some(run::run(&client, &req).await?));
+            return Ok(Some(run::run(&client, &req, terminal).await?));
+        }
+        Command::Exec {
+            name,
+            env,
+            interactive: _,
+            tty,
+            command,
+        } => {
+            let terminal = if tty {
+                run::Terminal::Tty
+            } else {
+                run::Terminal::Pipes
+            };
+            let req = ExecRequest {
+                args: command,
+                env: run::parse_env(&env)?,
+                tty: terminal.size()?,
+            };
+            return Ok(Some(run::exec(&client, &name, &req, terminal).await?));
         }
         Command::Create { name, egress, json } => {
             let (policy, secrets) = match &egress.egress {

@@ -1,13 +1,20 @@
-//! `bottle run`: argument parsing helpers and the client side of the `POST /v1/run` stream.
+//! `bottle run` and `bottle exec`: argument parsing helpers and the client side of the
+//! interactive stream (`bottle_api::stream`): stdin in, output out, `-t` with a raw terminal
+//! that follows resizes.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
-use bottle_api::{BottleInfo, RunFrame, RunFrameDecoder, RunRequest, StopRequest};
+use bottle_api::{
+    BottleInfo, ErrorCode, ExecRequest, InputFrame, RunFrame, RunFrameDecoder, RunRequest,
+    StopRequest, TtySize,
+};
 use http_body_util::BodyExt;
 
 use crate::http::{Client, ClientError};
+use crate::term;
 
 /// How long the agent may take to create the bottle and start the workload (an image import
 /// from a path included) before the client gives up.
@@ -101,42 +108,180 @@ pub async fn stop(client: &Client, name: &str, time_secs: u64) -> Result<BottleI
     post_json(client, &format!("/v1/bottles/{name}/stop"), &req, wait).await
 }
 
-/// Sends the request, copies the workload's output to ours as it arrives, and returns the
-/// workload's exit code.
-pub async fn run(client: &Client, req: &RunRequest) -> Result<i32, RunError> {
-    let mut body = client.stream("/v1/run", req, START_TIMEOUT).await?;
-    let mut decoder = RunFrameDecoder::default();
-    let mut stdout = std::io::stdout().lock();
-    let mut stderr = std::io::stderr().lock();
-    loop {
-        let Some(frame) = body.frame().await else {
-            return Err(RunError::Lost("end of stream".into()));
-        };
-        let frame = frame.map_err(|e| RunError::Lost(e.to_string()))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        decoder.push(&data);
-        while let Some(f) = decoder.next_frame().map_err(RunError::Lost)? {
-            match f {
-                RunFrame::Stdout(b) => {
-                    stdout.write_all(&b)?;
-                    stdout.flush()?;
+/// How the client's terminal takes part in a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminal {
+    /// Pipes: stdin is forwarded until its EOF, stdout and stderr kept apart.
+    Pipes,
+    /// `-t`: the process gets a PTY of our size; our terminal goes raw for the session and
+    /// follows resizes.
+    Tty,
+}
+
+impl Terminal {
+    /// `-t` needs a terminal on stdin; returns its size.
+    pub fn size(self) -> Result<Option<TtySize>, RunError> {
+        match self {
+            Self::Pipes => Ok(None),
+            Self::Tty => {
+                let stdin = std::io::stdin();
+                if !std::io::IsTerminal::is_terminal(&stdin) {
+                    return Err(RunError::Usage(
+                        "-t needs a terminal on stdin (drop -t to pipe input)".into(),
+                    ));
                 }
-                RunFrame::Stderr(b) => {
-                    stderr.write_all(&b)?;
-                    stderr.flush()?;
-                }
-                RunFrame::Error(m) => writeln!(stderr, "bottle: {m}")?,
-                RunFrame::Exit { code, reason } => {
-                    if let Some(r) = reason {
-                        writeln!(stderr, "bottle: workload exited with {code}: {r}")?;
-                    }
-                    return Ok(code);
-                }
+                Ok(Some(
+                    term::size(stdin.as_fd()).unwrap_or(TtySize { rows: 24, cols: 80 }),
+                ))
             }
         }
     }
+}
+
+/// `run` in the foreground: streams stdin in and the output out, returns the workload's exit
+/// code. A command missing from the image is exit 127, as in a shell.
+pub async fn run(client: &Client, req: &RunRequest, terminal: Terminal) -> Result<i32, RunError> {
+    interactive(client, "/v1/run", req, terminal).await
+}
+
+/// `exec`: the same session with one more process in a running bottle.
+pub async fn exec(
+    client: &Client,
+    name: &str,
+    req: &ExecRequest,
+    terminal: Terminal,
+) -> Result<i32, RunError> {
+    interactive(client, &format!("/v1/bottles/{name}/exec"), req, terminal).await
+}
+
+async fn interactive(
+    client: &Client,
+    path: &str,
+    req: &impl serde::Serialize,
+    terminal: Terminal,
+) -> Result<i32, RunError> {
+    let upgraded = match client.upgrade(path, req, START_TIMEOUT).await {
+        Ok(u) => u,
+        Err(ClientError::Api(e)) if e.code == ErrorCode::CommandNotFound => {
+            eprintln!("bottle: {}", e.message);
+            return Ok(127);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Raw only once the process runs, so errors before it print normally; restored when
+    // this guard drops, whichever way the session ends.
+    let raw = match terminal {
+        Terminal::Tty => Some(term::RawMode::enter()?),
+        Terminal::Pipes => None,
+    };
+    let result = session(upgraded, terminal).await;
+    drop(raw);
+    result
+}
+
+/// Bytes of stdin per frame.
+const STDIN_CHUNK: usize = 32 * 1024;
+
+async fn session(upgraded: hyper::upgrade::Upgraded, terminal: Terminal) -> Result<i32, RunError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+    let (tx, mut frames) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    // Writes our input frames; the only writer of the connection.
+    let writer = tokio::spawn(async move {
+        while let Some(f) = frames.recv().await {
+            if wr.write_all(&f).await.is_err() {
+                return;
+            }
+        }
+        // Keep the connection open for the output: dropping the write half does not close it.
+        std::future::pending::<()>().await;
+    });
+    // Stdin on a plain thread: a blocking read must not keep the process from exiting.
+    let stdin_tx = tx.clone();
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; STDIN_CHUNK];
+            loop {
+                match std::io::Read::read(&mut stdin, &mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = stdin_tx.blocking_send(InputFrame::Eof.encode());
+                        return;
+                    }
+                    Ok(n) => {
+                        let frame = InputFrame::Stdin(buf[..n].to_vec()).encode();
+                        if stdin_tx.blocking_send(frame).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    let mut winch = signal(SignalKind::window_change())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut decoder = RunFrameDecoder::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    // A raw terminal does not turn "\n" into "\r\n".
+    let nl = if terminal == Terminal::Tty {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let result = loop {
+        tokio::select! {
+            n = rd.read(&mut buf) => {
+                let n = match n {
+                    Ok(0) => break Err(RunError::Lost("end of stream".into())),
+                    Err(e) => break Err(RunError::Lost(e.to_string())),
+                    Ok(n) => n,
+                };
+                decoder.push(&buf[..n]);
+                let mut exit = None;
+                while let Some(f) = decoder.next_frame().map_err(RunError::Lost)? {
+                    match f {
+                        RunFrame::Stdout(b) => {
+                            stdout.write_all(&b)?;
+                            stdout.flush()?;
+                        }
+                        RunFrame::Stderr(b) => {
+                            stderr.write_all(&b)?;
+                            stderr.flush()?;
+                        }
+                        RunFrame::Error(m) => write!(stderr, "bottle: {m}{nl}")?,
+                        RunFrame::Exit { code, reason } => {
+                            if let Some(r) = reason {
+                                write!(stderr, "bottle: exited with {code}: {r}{nl}")?;
+                            }
+                            exit = Some(code);
+                            break;
+                        }
+                    }
+                }
+                if let Some(code) = exit {
+                    break Ok(code);
+                }
+            }
+            _ = winch.recv(), if terminal == Terminal::Tty => {
+                if let Some(size) = term::size(std::io::stdin().as_fd()) {
+                    let _ = tx.send(InputFrame::Resize(size).encode()).await;
+                }
+            }
+            // Leaving closes the connection, which stops a foreground workload (a detached
+            // one is not attached here).
+            _ = int.recv() => break Ok(130),
+            _ = term.recv() => break Ok(143),
+            _ = hup.recv() => break Ok(129),
+        }
+    };
+    writer.abort();
+    result
 }
 
 #[cfg(test)]

@@ -129,6 +129,7 @@ pub async fn serve(listener: UnixListener, manager: Arc<Mutex<Manager>>) {
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(64 * 1024)
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
             if let Err(e) = result {
                 debug!(error = %e, "API connection ended with an error");
@@ -312,8 +313,35 @@ async fn handle(
     }
 }
 
+/// Whether the client asks for the interactive stream (`Upgrade: bottle-stream/1`).
+fn wants_stream<B>(req: &Request<B>) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, bottle_api::STREAM_PROTOCOL)
+}
+
+/// `101 Switching Protocols` to the interactive stream.
+fn switching() -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static(bottle_api::STREAM_PROTOCOL),
+    );
+    resp
+}
+
 async fn route(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     caller: Caller,
     manager: Arc<Mutex<Manager>>,
     method: &Method,
@@ -343,14 +371,20 @@ async fn route(
             Ok(json(StatusCode::CREATED, &upload))
         }
         (&Method::POST, ["run"]) => {
+            let upgrade = wants_stream(&req).then(|| hyper::upgrade::on(&mut req));
             let body: RunRequest = read_json(req).await?;
-            let rx = match crate::run::start(caller, manager, body).await? {
-                crate::run::Started::Stream(rx) => rx,
+            let interactive = upgrade.is_some();
+            let session = match crate::run::start(caller, manager, body, interactive).await? {
+                crate::run::Started::Stream(session) => session,
                 crate::run::Started::Detached(info) => {
                     return Ok(json(StatusCode::CREATED, &info));
                 }
             };
-            let mut resp = Response::new(streamed(rx));
+            if let Some(on_upgrade) = upgrade {
+                tokio::spawn(crate::stream::serve(on_upgrade, session));
+                return Ok(switching());
+            }
+            let mut resp = Response::new(streamed(session.rx));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("application/x-bottle-run"),
@@ -366,6 +400,21 @@ async fn route(
             let dir = manager.lock().await.image_dir();
             let info = crate::images::import(caller, dir, body).await?;
             Ok(json(StatusCode::CREATED, &info))
+        }
+        (&Method::POST, ["bottles", name, "exec"]) => {
+            let Some(on_upgrade) = wants_stream(&req).then(|| hyper::upgrade::on(&mut req)) else {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "exec needs the interactive stream (Upgrade: {})",
+                        bottle_api::STREAM_PROTOCOL
+                    ),
+                ));
+            };
+            let body: bottle_api::ExecRequest = read_json(req).await?;
+            let session = crate::exec::start(caller, manager, name, body).await?;
+            tokio::spawn(crate::stream::serve(on_upgrade, session));
+            Ok(switching())
         }
         (&Method::GET, ["bottles", name]) => Ok(json(
             StatusCode::OK,

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,7 +23,7 @@ use bottle_image::{ImageRecord, ImageStore};
 use bottle_launcher::bundle::{self, BundleSpec, HomeSource, IdMap, Limits};
 use bottle_launcher::rootfs::{self, Rootfs};
 use bottle_launcher::runc::{Container, CreateOptions, Runc};
-use bottle_launcher::Stdio3;
+use bottle_launcher::{ConsoleSocket, Stdio3};
 
 use bottle_launcher::home::{self, HomeFileSpec};
 
@@ -43,6 +44,8 @@ pub fn runtime() -> &'static str {
 
 /// Bound on each runc call (create, start, delete).
 const RUNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long runc may take to hand over the PTY master once `create` has returned.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -79,6 +82,12 @@ pub enum LaunchError {
     Workspace(#[from] crate::workspace::WorkspaceError),
     #[error("trust check failed, the workload was not started: {0}")]
     SelfCheck(#[from] crate::selfcheck::SelfCheckError),
+    #[error("command {0:?} not found in the image (or not executable); check the name and the image's PATH")]
+    CommandNotFound(String),
+    #[error(transparent)]
+    Console(#[from] bottle_launcher::ConsoleError),
+    #[error("keeper: {0}")]
+    Keeper(String),
 }
 
 impl LaunchError {
@@ -90,6 +99,7 @@ impl LaunchError {
                 | Self::NotOverlayReady(_)
                 | Self::NoCommand(_)
                 | Self::Unmapped { .. }
+                | Self::CommandNotFound(_)
         ) || matches!(self, Self::SelfCheck(c) if c.is_user_error())
             || matches!(self, Self::Workspace(w) if w.is_user_error())
     }
@@ -136,14 +146,36 @@ pub struct LaunchParams {
     pub mounts: Vec<bottle_api::RunMount>,
     /// The bottle's gateway: its explicit proxy is `<gateway>:3128`.
     pub gateway: std::net::Ipv4Addr,
+    pub io: WorkloadIo,
 }
 
-/// A started container: the init's host pid and the read ends of its stdout/stderr.
+/// How the workload's standard streams are connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkloadIo {
+    /// Detached: a keeper process (`crate::keeper`) runs `runc create`, stays the init's
+    /// parent and writes stdout and stderr to this capped log; stdin `/dev/null`.
+    Kept { log: PathBuf, cap: u64 },
+    /// stdin `/dev/null`, stdout and stderr pipes to the agent.
+    Output,
+    /// stdin, stdout and stderr pipes to the agent.
+    Pipes,
+    /// A PTY of this size made by runc inside the container; the agent holds its master.
+    Tty { rows: u16, cols: u16 },
+}
+
+/// A started container: the init's host pid and the agent's ends of its standard streams.
 pub struct Started {
     pub container: Container,
     pub pid: i32,
-    pub stdout: File,
-    pub stderr: File,
+    /// The write end of the workload's stdin (`WorkloadIo::Pipes`).
+    pub stdin: Option<File>,
+    /// The read ends of its stdout and stderr (not with a terminal).
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+    /// The PTY master (`WorkloadIo::Tty`): read for output, write for input, resize.
+    pub console: Option<File>,
+    /// `WorkloadIo::Kept`: the keeper, our child until it exits after the workload.
+    pub keeper: Option<std::process::Child>,
 }
 
 pub fn runc_root(run_dir: &Path) -> PathBuf {
@@ -178,7 +210,7 @@ pub fn home_ids(run_dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn bundle_dir(run_dir: &Path, id: &str) -> PathBuf {
+pub fn bundle_dir(run_dir: &Path, id: &str) -> PathBuf {
     run_dir.join(BUNDLES_DIR).join(id)
 }
 
@@ -341,7 +373,7 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         mounts,
         resolv_conf: p.resolv_conf.clone(),
         ca_bundle: None,
-        terminal: false,
+        terminal: matches!(p.io, WorkloadIo::Tty { .. }),
         cgroups_path: cgroups_path(&p.id),
         oom_score_adj: 500,
     };
@@ -364,37 +396,155 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         .map_err(io_at(&parent))?;
     bundle::write(&spec, &oci, &bdir)?;
 
-    // Pipes for the workload's output; the agent keeps only the read ends (the write ends
-    // move into runc's child and are closed here once it has been spawned).
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
+    // Pipes for the workload's streams; the agent keeps only its ends (the others move into
+    // runc's child and are closed here once it has been spawned). With a terminal, runc makes
+    // the PTY inside the container and hands us the master over the console socket.
     let runc = Runc::new(runtime(), &runc_root(&p.run_dir))?.with_timeout(RUNC_TIMEOUT);
     let pid_file = bdir.join("pid");
-    let container = runc.create(
+    let mut ours = Started {
+        container: runc.container(&p.id)?,
+        pid: 0,
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        console: None,
+        keeper: None,
+    };
+    let mut stdio = Stdio3 {
+        stdin: None,
+        stdout: None,
+        stderr: None,
+    };
+    let console = match &p.io {
+        WorkloadIo::Kept { log, cap } => {
+            let container = start_kept(&runc, p, &bdir, &pid_file, log, *cap, &mut ours).map_err(
+                |e| match e {
+                    LaunchError::Runc(e) => command_not_found(e, &spec.args),
+                    e => e,
+                },
+            )?;
+            ours.container = container;
+            None
+        }
+        WorkloadIo::Tty { .. } => Some(ConsoleSocket::bind(&bdir.join("console.sock"))?),
+        WorkloadIo::Output | WorkloadIo::Pipes => {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            (ours.stdout, stdio.stdout) = (Some(out_r), Some(out_w));
+            (ours.stderr, stdio.stderr) = (Some(err_r), Some(err_w));
+            if p.io == WorkloadIo::Pipes {
+                let (in_r, in_w) = pipe()?;
+                (ours.stdin, stdio.stdin) = (Some(in_w), Some(in_r));
+            }
+            None
+        }
+    };
+    if ours.keeper.is_some() {
+        return finish_start(ours, &pid_file);
+    }
+    let created = runc.create(
         &p.id,
         &bdir,
         CreateOptions {
             pid_file: Some(&pid_file),
-            console_socket: None,
-            stdio: Stdio3 {
-                stdin: None,
-                stdout: Some(out_w),
-                stderr: Some(err_w),
-            },
+            console_socket: console.as_ref().map(ConsoleSocket::path),
+            stdio,
         },
-    )?;
-    let pid: i32 = fs::read_to_string(&pid_file)
+    );
+    ours.container = created.map_err(|e| command_not_found(e, &spec.args))?;
+    if let (Some(console), &WorkloadIo::Tty { rows, cols }) = (&console, &p.io) {
+        let master = console.recv_master(CONSOLE_TIMEOUT)?;
+        // Before `start`, so the workload's first look at its terminal sees the right size.
+        bottle_launcher::console::set_size(master.as_fd(), rows, cols).map_err(|source| {
+            LaunchError::Io {
+                path: PathBuf::from("console"),
+                source,
+            }
+        })?;
+        ours.console = Some(File::from(master));
+    }
+    finish_start(ours, &pid_file)
+}
+
+fn finish_start(mut ours: Started, pid_file: &Path) -> Result<Started> {
+    ours.pid = fs::read_to_string(pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .filter(|&pid| pid > 0)
-        .ok_or_else(|| LaunchError::Pid(pid_file.clone()))?;
-    container.start()?;
-    Ok(Started {
-        container,
-        pid,
-        stdout: out_r,
-        stderr: err_r,
-    })
+        .ok_or_else(|| LaunchError::Pid(pid_file.to_path_buf()))?;
+    ours.container.start()?;
+    Ok(ours)
+}
+
+/// `runc create` through a keeper (`crate::keeper`): spawns it, waits (bounded) for its one
+/// line saying how `create` went. The keeper stays in `ours` (and is killed on failure).
+fn start_kept(
+    runc: &Runc,
+    p: &LaunchParams,
+    bdir: &Path,
+    pid_file: &Path,
+    log: &Path,
+    cap: u64,
+    ours: &mut Started,
+) -> Result<Container> {
+    use std::io::BufRead;
+    let runc_log = bdir.join("create.log");
+    let argv = runc.create_argv(&p.id, bdir, pid_file, &runc_log)?;
+    let exe = std::env::current_exe().map_err(io_at(Path::new("/proc/self/exe")))?;
+    let mut keeper = std::process::Command::new(&exe)
+        .args(crate::keeper::args(bdir, log, cap, argv))
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(io_at(&exe))?;
+    let mark = bdir.join(crate::keeper::MARK_FILE);
+    fs::write(&mark, format!("{}\n", keeper.id())).map_err(io_at(&mark))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(out) = keeper.stdout.take() {
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+    }
+    let line = rx.recv_timeout(RUNC_TIMEOUT + Duration::from_secs(5));
+    let code = line
+        .as_deref()
+        .ok()
+        .and_then(|l| l.trim().parse::<i32>().ok());
+    match code {
+        Some(0) => {
+            ours.keeper = Some(keeper);
+            runc.container(&p.id).map_err(LaunchError::Runc)
+        }
+        Some(code) => {
+            let _ = keeper.wait();
+            Err(LaunchError::Runc(runc.create_failed(code, &runc_log)))
+        }
+        None => {
+            let _ = keeper.kill();
+            let _ = keeper.wait();
+            Err(LaunchError::Keeper(format!(
+                "no answer from the keeper within {:?} (see the agent log)",
+                RUNC_TIMEOUT + Duration::from_secs(5)
+            )))
+        }
+    }
+}
+
+/// runc reports a missing or non-executable command as a failed `create` whose message
+/// names the `exec`; that is the caller's mistake, said plainly (exit 127 in the client).
+fn command_not_found(e: bottle_launcher::RuncError, args: &[String]) -> LaunchError {
+    let text = e.to_string();
+    let exec_failed = text.contains("exec: ")
+        && (text.contains("executable file not found")
+            || text.contains("no such file or directory")
+            || text.contains("permission denied"));
+    match (exec_failed, args.first()) {
+        (true, Some(cmd)) => LaunchError::CommandNotFound(cmd.clone()),
+        _ => LaunchError::Runc(e),
+    }
 }
 
 /// The explicit proxy for tools that honour the variables (upper and lower case: curl reads
@@ -520,10 +670,22 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
         failures.push(e.to_string());
     }
     let bdir = bundle_dir(run_dir, id);
-    match fs::remove_dir_all(&bdir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => failures.push(format!("remove {}: {e}", bdir.display())),
+    // A detached workload's keeper may still be writing its exit file here as the container
+    // goes: a few tries.
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir_all(&bdir) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(_) if tries < 5 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                failures.push(format!("remove {}: {e}", bdir.display()));
+                break;
+            }
+        }
     }
     failures
 }

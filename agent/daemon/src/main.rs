@@ -3,8 +3,10 @@
 mod api;
 mod config;
 mod datapath;
+mod exec;
 mod images;
 mod ipam;
+mod keeper;
 mod launch;
 mod logfile;
 mod manager;
@@ -16,6 +18,7 @@ mod run;
 mod selfcheck;
 mod services;
 mod state;
+mod stream;
 mod workspace;
 
 use std::os::fd::AsRawFd;
@@ -63,6 +66,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // `bottle-agent keep …`: a detached workload's keeper (see `keeper`), not an agent.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "keep") {
+        return keeper::main(&argv[2..]);
+    }
     let args = Args::parse();
     let explicit = args.config.is_some();
     let config_path = args
@@ -225,6 +233,7 @@ async fn run(config: AgentConfig) -> ExitCode {
     };
     info!(socket = %socket.display(), "bottle-agent ready");
     let manager = Arc::new(Mutex::new(manager));
+    run::readopt(manager.clone()).await;
     let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     {
         Ok(s) => s,

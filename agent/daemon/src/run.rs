@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bottle_api::{ApiError, BottleInfo, ErrorCode, RunFrame, RunRequest};
+use bottle_api::{ApiError, BottleInfo, ErrorCode, RunFrame, RunRequest, WorkloadStatus};
 use bottle_launcher::runc::{self, Container, Runc};
 use bottle_launcher::Status;
 use bytes::Bytes;
@@ -28,11 +28,12 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch, Mutex};
 use tracing::{debug, error, info, warn};
 
-use crate::launch::{self, LaunchParams};
+use crate::launch::{self, LaunchParams, WorkloadIo};
 use crate::logfile::CappedLog;
 use crate::manager::{Caller, Manager};
 use crate::paths::NETNS_DIR;
 use crate::state::WorkloadRecord;
+use crate::stream::{Input, Session};
 
 /// One piece of the response body; `End` is the last one (the exit trailer).
 pub enum Msg {
@@ -42,14 +43,14 @@ pub enum Msg {
 
 /// Frames buffered between the workload and a slow client; beyond this the readers block,
 /// and with them (through the full pipe) the workload: backpressure, not unbounded memory.
-const CHANNEL_FRAMES: usize = 64;
+pub(crate) const CHANNEL_FRAMES: usize = 64;
 /// Bytes read from the workload's stdout/stderr at a time (one frame at most).
 const READ_CHUNK: usize = 16 * 1024;
 /// How often the reaper checks on the client and on runc while the workload runs.
 const POLL: Duration = Duration::from_millis(500);
 /// How long the output readers may take to drain after the workload exited (the pipes close
 /// when the container's last process is gone, which the kernel ensures when init dies).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest workload log; one rotated generation (`workload.log.1`) is kept besides.
 pub const LOG_CAP: u64 = 8 << 20;
@@ -96,8 +97,8 @@ impl Drop for Launching {
 
 /// What `POST /v1/run` answers with.
 pub enum Started {
-    /// The workload's output and exit status, as they come.
-    Stream(mpsc::Receiver<Msg>),
+    /// The workload's output and exit status, as they come, and where its input goes.
+    Stream(Session),
     /// `detach`: the bottle; the workload runs on.
     Detached(Box<BottleInfo>),
 }
@@ -211,16 +212,25 @@ fn validate(caller: Caller, req: &RunRequest) -> Result<(), ApiError> {
 /// Creates the bottle, launches the workload and returns the stream of its output (or, when
 /// detached, the bottle). Errors before the workload starts are returned (and leave no bottle
 /// behind).
+///
+/// `interactive`: the client streams input (an upgraded connection), so the workload gets a
+/// stdin pipe, or with `tty` a terminal; otherwise its stdin is `/dev/null`.
 pub async fn start(
     caller: Caller,
     manager: Arc<Mutex<Manager>>,
     req: RunRequest,
+    interactive: bool,
 ) -> Result<Started, ApiError> {
     validate(caller, &req)?;
+    if req.tty.is_some() && (req.detach || !interactive) {
+        return Err(bad(
+            "a terminal needs an interactive stream (not --detach, and the client must ask for the upgrade)",
+        ));
+    }
     // On a task of its own: if the client goes away mid-launch, hyper drops this future, but
     // the launch still completes and hands over to its reaper, which then sees nobody
     // listening, kills the workload and cleans up. Cancelling halfway would leak a container.
-    tokio::spawn(launch(caller, manager, req))
+    tokio::spawn(launch(caller, manager, req, interactive))
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("run task failed: {e}")))?
 }
@@ -229,6 +239,7 @@ async fn launch(
     caller: Caller,
     manager: Arc<Mutex<Manager>>,
     req: RunRequest,
+    interactive: bool,
 ) -> Result<Started, ApiError> {
     let (info, created, _launching, ca_pem, run_dir, image_dir, log_path, state_dir) = {
         let mut m = manager.lock().await;
@@ -299,6 +310,19 @@ async fn launch(
         workspace: req.workspace.clone(),
         mounts: req.mounts.clone(),
         gateway: info.gateway_address,
+        io: match (req.tty, interactive && !req.detach) {
+            (Some(t), true) => WorkloadIo::Tty {
+                rows: t.rows,
+                cols: t.cols,
+            },
+            (None, true) => WorkloadIo::Pipes,
+            // Detached: the keeper writes the log, and the workload survives the agent.
+            (_, false) if req.detach => WorkloadIo::Kept {
+                log: log_path.clone(),
+                cap: LOG_CAP,
+            },
+            (_, false) => WorkloadIo::Output,
+        },
     };
     let launched = tokio::task::spawn_blocking(move || launch::start(params)).await;
     let started = match launched {
@@ -318,6 +342,9 @@ async fn launch(
             }
             return Err(match failed {
                 Ok(Err(launch::LaunchError::Workspace(w))) => w.into(),
+                Ok(Err(e @ launch::LaunchError::CommandNotFound(_))) => {
+                    ApiError::new(ErrorCode::CommandNotFound, e.to_string())
+                }
                 Ok(Err(e)) if e.is_user_error() => bad(e.to_string()),
                 Ok(Err(e)) => ApiError::new(ErrorCode::Internal, e.to_string()),
                 Err(e) => ApiError::new(ErrorCode::Internal, e.to_string()),
@@ -339,17 +366,41 @@ async fn launch(
         warn!(bottle = %info.name, error = %e, "cannot record the workload");
     }
 
-    let log = Arc::new(std::sync::Mutex::new(CappedLog::open(log_path, LOG_CAP)));
+    if req.detach && req.remove {
+        // So that a restarted agent still removes the bottle when the workload ends.
+        let mark = launch::bundle_dir(&run_dir, &info.id).join(REMOVE_MARK);
+        if let Err(e) = std::fs::write(&mark, b"") {
+            warn!(bottle = %info.name, error = %e, "cannot mark the run for removal after a restart");
+        }
+    }
+    // A detached workload's keeper writes its log; the agent writes only a foreground one's.
+    let log =
+        (!req.detach).then(|| Arc::new(std::sync::Mutex::new(CappedLog::open(log_path, LOG_CAP))));
     let (tx, rx) = if req.detach {
         (None, None)
     } else {
         let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
         (Some(tx), Some(rx))
     };
-    let readers = vec![
-        reader(started.stdout, tx.clone(), log.clone(), RunFrame::Stdout),
-        reader(started.stderr, tx.clone(), log, RunFrame::Stderr),
-    ];
+    let console = started.console.map(Arc::new);
+    let mut readers = Vec::new();
+    for (pipe, frame) in [
+        (started.stdout, RunFrame::Stdout as fn(Vec<u8>) -> RunFrame),
+        (started.stderr, RunFrame::Stderr),
+        // A terminal's output is all "stdout".
+        (
+            console.as_ref().and_then(|c| c.try_clone().ok()),
+            RunFrame::Stdout,
+        ),
+    ] {
+        if let Some(pipe) = pipe {
+            readers.push(reader(pipe, tx.clone(), log.clone(), frame));
+        }
+    }
+    let input = Input {
+        stdin: started.stdin,
+        console,
+    };
     let (done, done_rx) = watch::channel(());
     running().insert(info.id.clone(), done_rx);
     let handle = tokio::runtime::Handle::current();
@@ -365,6 +416,10 @@ async fn launch(
         image: req.image.clone(),
         container: started.container,
         pid: started.pid,
+        wait: match started.keeper {
+            Some(k) => Wait::Keeper(Some(k)),
+            None => Wait::Direct,
+        },
         readers,
         tx,
         done,
@@ -381,7 +436,7 @@ async fn launch(
         ));
     }
     match rx {
-        Some(rx) => Ok(Started::Stream(rx)),
+        Some(rx) => Ok(Started::Stream(Session { rx, input })),
         None => {
             let now = manager.lock().await.get(caller, &info.name);
             Ok(Started::Detached(Box::new(now.unwrap_or(info))))
@@ -389,13 +444,72 @@ async fn launch(
     }
 }
 
+/// At start: every bottle whose workload was running when the previous agent stopped gets a
+/// job again, so its exit is recorded and `stop`, `logs -f` and `rm` keep working. A detached
+/// workload (run by its keeper) simply keeps running; a foreground one lost its client with
+/// the old agent and is stopped (exit 137). Nothing is left unsupervised.
+pub async fn readopt(manager: Arc<Mutex<Manager>>) {
+    let root = Caller { uid: 0 };
+    let (bottles, run_dir) = {
+        let m = manager.lock().await;
+        (m.list(root), m.run_dir())
+    };
+    for b in bottles {
+        let Some(w) = &b.workload else { continue };
+        if w.status != WorkloadStatus::Running {
+            continue;
+        }
+        let dir = launch::bundle_dir(&run_dir, &b.id);
+        let kept = dir.join(crate::keeper::MARK_FILE).exists();
+        let container = match Runc::new(launch::runtime(), &launch::runc_root(&run_dir))
+            .and_then(|r| r.container(&b.id))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                error!(bottle = %b.name, error = %e, "cannot re-adopt the workload");
+                continue;
+            }
+        };
+        let (done, done_rx) = watch::channel(());
+        running().insert(b.id.clone(), done_rx);
+        let job = Job {
+            caller: root,
+            manager: manager.clone(),
+            handle: tokio::runtime::Handle::current(),
+            name: b.name.clone(),
+            id: b.id.clone(),
+            run_dir: run_dir.clone(),
+            remove: dir.join(REMOVE_MARK).exists(),
+            image: w.image.clone(),
+            container,
+            pid: 0,
+            wait: if kept {
+                Wait::Keeper(None)
+            } else {
+                Wait::Orphan
+            },
+            readers: Vec::new(),
+            tx: None,
+            done,
+        };
+        info!(bottle = %b.name, detached = kept, "re-adopting the workload");
+        if let Err(e) = std::thread::Builder::new()
+            .name(format!("run-{}", b.id))
+            .spawn(move || job.supervise())
+        {
+            running().remove(&b.id);
+            error!(bottle = %b.name, error = %e, "cannot start the workload's reaper");
+        }
+    }
+}
+
 /// Copies one pipe to the log and (when a client listens) as frames until EOF. Keeps reading
 /// when the client is gone, so the workload never blocks on a full pipe while it is being
 /// killed (or, detached, ever).
-fn reader(
+pub(crate) fn reader(
     mut pipe: std::fs::File,
     tx: Option<mpsc::Sender<Msg>>,
-    log: Arc<std::sync::Mutex<CappedLog>>,
+    log: Option<Arc<std::sync::Mutex<CappedLog>>>,
     frame: fn(Vec<u8>) -> RunFrame,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
@@ -404,9 +518,11 @@ fn reader(
             match pipe.read(&mut buf) {
                 Ok(0) => return,
                 Ok(n) => {
-                    log.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .write(&buf[..n]);
+                    if let Some(log) = &log {
+                        log.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .write(&buf[..n]);
+                    }
                     if let Some(tx) = &tx {
                         let bytes = Bytes::from(frame(buf[..n].to_vec()).encode());
                         let _ = tx.blocking_send(Msg::Frame(bytes));
@@ -430,6 +546,7 @@ struct Job {
     image: String,
     container: Container,
     pid: i32,
+    wait: Wait,
     readers: Vec<JoinHandle<()>>,
     /// `None` when detached.
     tx: Option<mpsc::Sender<Msg>>,
@@ -437,11 +554,33 @@ struct Job {
     done: watch::Sender<()>,
 }
 
+/// How a job learns its workload's exit status.
+enum Wait {
+    /// The init is the agent's child (a foreground run): `waitpid`.
+    Direct,
+    /// A keeper runs it (detached): its exit file. `None` when the keeper is not our child
+    /// (re-adopted after a restart).
+    Keeper(Option<std::process::Child>),
+    /// A foreground run found running at start: its client is gone with the old agent, so it
+    /// is killed; recorded as 137.
+    Orphan,
+}
+
+/// Marks (in the bundle directory) a detached run that was started with `--rm`.
+const REMOVE_MARK: &str = "remove";
+
 impl Job {
     /// Runs on its own thread: reaps the workload, drains its output, cleans up, sends the
     /// trailer.
-    fn supervise(self) {
-        let code = self.wait();
+    fn supervise(mut self) {
+        let code = match &mut self.wait {
+            Wait::Direct => self.wait_direct(),
+            Wait::Keeper(keeper) => {
+                let keeper = keeper.take();
+                self.wait_kept(keeper)
+            }
+            Wait::Orphan => self.wait_orphan(),
+        };
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         for r in &self.readers {
             while !r.is_finished() && Instant::now() < deadline {
@@ -507,7 +646,55 @@ impl Job {
 
     /// The workload's exit status; `None` if it cannot be had (the init was never ours to
     /// reap, or runc lost it) instead of waiting forever.
-    fn wait(&self) -> Option<i32> {
+    /// A keeper's workload: its exit file, once written; `None` if the keeper ended without
+    /// one or (re-adopted) the container is gone without one.
+    fn wait_kept(&self, mut keeper: Option<std::process::Child>) -> Option<i32> {
+        let dir = launch::bundle_dir(&self.run_dir, &self.id);
+        let mut lost = 0;
+        loop {
+            if let Some(code) = crate::keeper::read_exit(&dir) {
+                if let Some(k) = keeper.as_mut() {
+                    let _ = k.wait();
+                }
+                return Some(code);
+            }
+            match keeper.as_mut() {
+                Some(k) => {
+                    if let Ok(Some(_)) = k.try_wait() {
+                        return crate::keeper::read_exit(&dir);
+                    }
+                }
+                None => {
+                    match self.container.state() {
+                        Ok(st) if st.status != Status::Stopped => lost = 0,
+                        _ => lost += 1,
+                    }
+                    if lost >= 4 {
+                        return crate::keeper::read_exit(&dir);
+                    }
+                }
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// A foreground workload that outlived its agent: killed, and reported as such.
+    fn wait_orphan(&self) -> Option<i32> {
+        warn!(bottle = %self.name, "a foreground workload outlived its client and agent; stopping it");
+        for _ in 0..20 {
+            if let Err(e) = self.container.kill(Signal::SIGKILL, true) {
+                debug!(bottle = %self.name, error = %e, "kill");
+            }
+            match self.container.state() {
+                Ok(st) if st.status != Status::Stopped => {}
+                _ => return Some(137),
+            }
+            std::thread::sleep(POLL);
+        }
+        None
+    }
+
+    fn wait_direct(&self) -> Option<i32> {
         let mut killed = false;
         let mut lost = 0;
         loop {

@@ -143,6 +143,25 @@ impl Drop for ConsoleSocket {
     }
 }
 
+/// Sets the size of the terminal whose master (or slave) is `fd` (`TIOCSWINSZ`); the
+/// foreground process group gets `SIGWINCH`.
+pub fn set_size(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which outlives the call; a
+    // descriptor that is not a terminal fails with ENOTTY.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Polls `fd` for input until `deadline`: `Err(None)` on timeout.
 fn wait_readable(
     fd: std::os::fd::BorrowedFd<'_>,

@@ -11,6 +11,7 @@
 pub mod bundle;
 pub mod console;
 pub mod home;
+pub mod nsexec;
 pub mod rootfs;
 pub mod runc;
 pub mod seccomp;

@@ -35,7 +35,9 @@ use serde::Deserialize;
 pub const DEFAULT_ROOT: &str = "/run/bottle/runc";
 /// Default bound on one runc call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The `PATH` runc runs with (its environment is otherwise empty).
+pub const RUNTIME_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const PATH: &str = RUNTIME_PATH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuncError {
@@ -287,6 +289,49 @@ impl Runc {
             Ok(status) => Err(self.failed("create", status, &log_messages(&log_text))),
             Err(e) => Err(e),
         }
+    }
+
+    /// The command line of `runc create` (binary first) for a supervisor process that runs it
+    /// itself and stays the parent of the container's init (the agent's keeper). Run it with
+    /// a cleared environment but `PATH=`[`RUNTIME_PATH`]; `log` receives runc's JSON log, which
+    /// [`create_failed`](Self::create_failed) turns into the error.
+    pub fn create_argv(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        log: &Path,
+    ) -> Result<Vec<std::ffi::OsString>> {
+        check_id(id)?;
+        Ok([
+            self.binary.as_os_str(),
+            "--root".as_ref(),
+            self.root.as_os_str(),
+            "--log".as_ref(),
+            log.as_os_str(),
+            "--log-format".as_ref(),
+            "json".as_ref(),
+            "create".as_ref(),
+            "--bundle".as_ref(),
+            bundle.as_os_str(),
+            "--pid-file".as_ref(),
+            pid_file.as_os_str(),
+            id.as_ref(),
+        ]
+        .iter()
+        .map(|s| s.to_os_string())
+        .collect())
+    }
+
+    /// The error of a [`create_argv`](Self::create_argv) run that exited with `code`.
+    pub fn create_failed(&self, code: i32, log: &Path) -> RuncError {
+        use std::os::unix::process::ExitStatusExt;
+        let text = fs::read_to_string(log).unwrap_or_default();
+        self.failed(
+            "create",
+            ExitStatus::from_raw((code & 0xff) << 8),
+            &log_messages(&text),
+        )
     }
 
     /// Runs `command args…`, capturing stdout and stderr; fails on a non-zero exit.
