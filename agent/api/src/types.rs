@@ -275,6 +275,23 @@ pub struct L7Counters {
     pub dns: DnsCounters,
     /// DLP hits by rule id.
     pub dlp_hits: BTreeMap<String, u64>,
+    /// What the git-gate did.
+    #[serde(default)]
+    pub git: GitCounters,
+}
+
+/// The git-gate's counters for one bottle (ref updates are counted one by one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitCounters {
+    /// Fetches from the upstream (one before every clone/fetch/push the bottle starts).
+    pub fetches: u64,
+    pub fetch_failures: u64,
+    pub refs_accepted: u64,
+    /// Refused ref updates by reason (`secret`, `policy_force`, `upstream`, …).
+    pub refs_rejected: BTreeMap<String, u64>,
+    /// Bytes the bottle pushed into the gate / the gate sent the bottle.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// `GET|PUT /v1/kill-switch`.
