@@ -268,6 +268,7 @@ pub fn is_gate_url(url: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

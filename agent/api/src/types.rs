@@ -57,6 +57,9 @@ pub struct CreateBottle {
     /// DLP settings for this bottle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlp: Option<DlpSettings>,
+    /// git-gate repos and the keys to reach them (keys are kept in memory only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_gate: Option<crate::gitgate::GitGateConfig>,
 }
 
 /// `PUT /v1/bottles/{name}/policy`: replaces the egress policy atomically.

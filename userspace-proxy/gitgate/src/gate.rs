@@ -236,6 +236,7 @@ impl GateContext {
             .collect()
     }
 
+    #[expect(clippy::too_many_arguments, reason = "the fields of one audit line")]
     pub(crate) fn audit(
         &self,
         repo: &str,

@@ -3,7 +3,7 @@
 use bottle_api::gitgate::RefPolicySpec;
 
 /// A repo's compiled ref policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RefPolicy {
     /// Glob patterns (`*` matches within and across `/`); empty means every ref.
     pub allow: Vec<String>,
@@ -11,16 +11,6 @@ pub struct RefPolicy {
     pub force_push: Option<bool>,
     /// `None`: deletions allowed everywhere but the default branch.
     pub deletions: Option<bool>,
-}
-
-impl Default for RefPolicy {
-    fn default() -> Self {
-        Self {
-            allow: Vec::new(),
-            force_push: None,
-            deletions: None,
-        }
-    }
 }
 
 impl From<&RefPolicySpec> for RefPolicy {

@@ -187,8 +187,14 @@ async fn fetch_through(
                 UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::BAD_GATEWAY,
             };
-            let msg =
-                format!("{e}\nthe gate serves no stale data: fix the upstream, then fetch again");
+            let msg = match e {
+                UpstreamError::Git { .. } | UpstreamError::Timeout { .. } => {
+                    format!(
+                        "{e}\nthe gate serves no stale data: fix the upstream, then fetch again"
+                    )
+                }
+                _ => e.to_string(),
+            };
             ctx.audit(
                 &repo.cfg.name,
                 "fetch",
@@ -630,23 +636,18 @@ async fn index_pack(
     let mut stdin = child.stdin.take().ok_or("index-pack has no stdin")?;
     let feed = async {
         stdin.write_all(first).await.map_err(|e| e.to_string())?;
-        loop {
-            match next_data(body, ctx).await? {
-                Some(d) => {
-                    *bytes_in += d.len() as u64;
-                    if *bytes_in > ctx.limits.max_push_bytes {
-                        return Err(format!(
-                            "the push is larger than {} bytes",
-                            ctx.limits.max_push_bytes
-                        ));
-                    }
-                    stdin
-                        .write_all(&d)
-                        .await
-                        .map_err(|e| format!("index-pack: {e}"))?;
-                }
-                None => break,
+        while let Some(d) = next_data(body, ctx).await? {
+            *bytes_in += d.len() as u64;
+            if *bytes_in > ctx.limits.max_push_bytes {
+                return Err(format!(
+                    "the push is larger than {} bytes",
+                    ctx.limits.max_push_bytes
+                ));
             }
+            stdin
+                .write_all(&d)
+                .await
+                .map_err(|e| format!("index-pack: {e}"))?;
         }
         drop(stdin);
         Ok::<(), String>(())

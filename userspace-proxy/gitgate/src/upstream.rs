@@ -19,7 +19,7 @@ use crate::gate::RepoConfig;
 pub enum UpstreamError {
     #[error("{repo}: no host key is pinned for {url}, so the git-gate refuses to connect (no trust on first use). Pin it: add `host_key: \"<type> <base64>\"` to the repo's git-gate entry, e.g. the output of `ssh-keyscan -t ed25519 -p PORT HOST | cut -d' ' -f2-` checked against a fingerprint you trust, and create the bottle again")]
     NoHostKey { repo: String, url: String },
-    #[error("{repo}: the agent has no credential for this repo (keys are kept in memory only and are lost when the agent restarts); supply the git-gate file again with `bottle git-gate NAME --git-gate FILE`")]
+    #[error("{repo}: the agent has no credential for this repo (keys are kept in memory only and are lost when the agent restarts); supply them again with `bottle git-gate-keys BOTTLE --git-gate FILE`")]
     NoCredential { repo: String },
     #[error("{repo}: the upstream's host key does not match the pinned host_key; refusing to talk to it (a changed key may mean a man in the middle: check it out of band before updating the pin)")]
     HostKeyMismatch { repo: String },
