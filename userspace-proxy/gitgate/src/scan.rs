@@ -7,6 +7,8 @@
 //! files, every added line of the diff against the first parent, and the whole content of
 //! added or changed binary files.
 
+use std::collections::HashSet;
+
 use bottle_dlp::RuleSet;
 use git2::{Delta, DiffFormat, DiffOptions, Oid, Repository, Sort};
 
@@ -176,6 +178,47 @@ pub fn scan_commits(
         let diff = repo
             .diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), Some(&mut opts))
             .map_err(git)?;
+        // A merge brings its other parents' content: only what is new against every parent
+        // is the merge's own (an "evil merge"); the rest is scanned in those parents' commits
+        // if they are new, and is already upstream if not.
+        let others: Vec<git2::Tree> = commit
+            .parents()
+            .skip(1)
+            .map(|p| p.tree())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(git)?;
+        let mut other_added: Vec<HashSet<(String, Vec<u8>)>> = Vec::new();
+        for tree in &others {
+            let mut o = DiffOptions::new();
+            o.context_lines(0).ignore_submodules(true);
+            let d = repo
+                .diff_tree_to_tree(Some(tree), Some(&new_tree), Some(&mut o))
+                .map_err(git)?;
+            let mut set = HashSet::new();
+            d.print(DiffFormat::Patch, |delta, _, line| {
+                if matches!(line.origin(), '+' | 'F') {
+                    let path = delta
+                        .new_file()
+                        .path()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let key = if line.origin() == 'F' {
+                        Vec::new()
+                    } else {
+                        line.content().to_vec()
+                    };
+                    set.insert((path, key));
+                }
+                true
+            })
+            .map_err(git)?;
+            other_added.push(set);
+        }
+        let new_everywhere = |path: &str, content: &[u8]| {
+            other_added
+                .iter()
+                .all(|set| set.contains(&(path.to_string(), content.to_vec())))
+        };
         let mut cur: Option<usize> = None;
         let mut cur_path = String::new();
         diff.print(DiffFormat::Patch, |delta, _hunk, line| {
@@ -188,14 +231,15 @@ pub fn scan_commits(
                 if matches!(
                     delta.status(),
                     Delta::Added | Delta::Renamed | Delta::Copied
-                ) {
+                ) && new_everywhere(&path, b"")
+                {
                     let idx = buf.file(&path);
                     buf.push(idx, 0, "file name", path.as_bytes());
                 }
                 cur = Some(buf.file(&path));
                 cur_path = path;
             }
-            if line.origin() == '+' {
+            if line.origin() == '+' && new_everywhere(&cur_path, line.content()) {
                 if let (Some(idx), Some(no)) = (cur, line.new_lineno()) {
                     buf.push(idx, no as usize, "added line", line.content());
                 }
@@ -219,6 +263,13 @@ pub fn scan_commits(
                 .path()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let in_a_parent = others.iter().any(|t| {
+                t.get_path(std::path::Path::new(&path))
+                    .is_ok_and(|e| e.id() == delta.new_file().id())
+            });
+            if in_a_parent {
+                continue;
+            }
             let blob = repo
                 .find_blob(delta.new_file().id())
                 .map_err(|e| ScanError::Missing(e.message().to_string()))?;
@@ -359,6 +410,52 @@ mod tests {
         let hits = scan_commits(&repo, &[bin], &rules, &limits, &mut totals).unwrap();
         assert_eq!((hits[0].place, hits[0].line), ("binary file", None));
         let _ = Path::new("");
+    }
+
+    fn merge(repo: &Repository, a: Oid, b: Oid, extra: &[(&str, &[u8])]) -> Oid {
+        let ta = repo.find_commit(a).unwrap().tree().unwrap();
+        let tb = repo.find_commit(b).unwrap().tree().unwrap();
+        let mut builder = repo.treebuilder(Some(&ta)).unwrap();
+        for e in tb.iter() {
+            builder
+                .insert(e.name().unwrap(), e.id(), e.filemode())
+                .unwrap();
+        }
+        for (name, content) in extra {
+            builder
+                .insert(name, repo.blob(content).unwrap(), 0o100644)
+                .unwrap();
+        }
+        let tree = repo.find_tree(builder.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let (ca, cb) = (repo.find_commit(a).unwrap(), repo.find_commit(b).unwrap());
+        repo.commit(None, &sig, &sig, "merge", &tree, &[&ca, &cb])
+            .unwrap()
+    }
+
+    #[test]
+    fn a_merge_is_scanned_only_for_what_no_parent_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let rules = RuleSetBuilder::new().with_builtin_rules().build().unwrap();
+        let base = commit(&repo, None, &[("a", b"a\n")], "base");
+        let dirty = format!("k = {KEY}\n");
+        // Upstream's main got a secret; a topic branch merges main in.
+        let main = commit(&repo, Some(base), &[("old.env", dirty.as_bytes())], "old");
+        let topic = commit(&repo, Some(base), &[("t", b"t\n")], "topic");
+        let m = merge(&repo, topic, main, &[]);
+        let limits = ScanLimits::default();
+        let commits = introduced(&repo, Some(topic), m, &[main], &limits).unwrap();
+        assert_eq!(commits, vec![m]);
+        let mut totals = ScanTotals::default();
+        assert!(scan_commits(&repo, &commits, &rules, &limits, &mut totals)
+            .unwrap()
+            .is_empty());
+        // An evil merge (content in neither parent) is the merge's own.
+        let evil = merge(&repo, topic, main, &[("evil", dirty.as_bytes())]);
+        let hits = scan_commits(&repo, &[evil], &rules, &limits, &mut totals).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].file.as_deref(), Some("evil"));
     }
 
     #[test]
