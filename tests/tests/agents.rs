@@ -119,8 +119,13 @@ fn claude_home(root: &Path) -> PathBuf {
         "---\n\
          env:\n  GREETING: hello\n  API_SECRET: ${HOST_SECRET}\n\
          agent_provider:\n  template: claude\n  auth_token: TEST_CLAUDE_TOKEN\n\
-         git-gate:\n  user: {name: Agent Smith, email: agent@example.com}\n\
+         git-gate:\n  user: {name: Agent Smith, email: agent@example.com}\n  repos:\n    app:\n      url: ssh://git@git.example.com/team/app.git\n      identity: ../keys/gate\n      host_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJvdHRsZS10ZXN0LWhvc3Qta2V5LWJ5dGVzISE=\n\
          ---\nThe dev bottle.\n",
+    );
+    // Key material is only read and sent to the agent's memory; never used here.
+    write(
+        &home.join("keys/gate"),
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n",
     );
     write(
         &home.join("agents/reviewer.md"),
@@ -162,7 +167,7 @@ fn privileged_claude_agent_runs_with_placeholders_and_resumes() {
          skills:    review\n\
          git user:  Agent Smith <agent@example.com>\n\
          supervise: off\n\
-         gate repos: (none)\n\
+         gate repos:\n  app  ssh://git@git.example.com/team/app.git\n\
          egress:\n  api.anthropic.com  [auth:Bearer]  (provider)\n",
         agent_file.display(),
         bottle_file.display()
@@ -247,11 +252,17 @@ fn privileged_claude_agent_runs_with_placeholders_and_resumes() {
             .any(|l| l.contains("/home/agent/workspace")),
         "{out}"
     );
+    let gitconfig = lines(&out, "file .gitconfig: ").join("\n");
+    assert!(gitconfig.contains("Agent Smith"), "{out}");
+    // The upstream URL is rewritten to this bottle's git-gate.
+    let info: bottle_api::BottleInfo =
+        serde_json::from_str(&agent.ok(&["inspect", "rv", "--json"])).unwrap();
     assert!(
-        lines(&out, "file .gitconfig: ")
-            .iter()
-            .any(|l| l.contains("Agent Smith")),
-        "{out}"
+        gitconfig.contains(&format!(
+            "[url \"http://{}:9420/app.git\"]",
+            info.gateway_address
+        )) && gitconfig.contains("insteadOf = \"ssh://git@git.example.com/team/app.git\""),
+        "{gitconfig}"
     );
     assert_eq!(
         lines(&out, "skill: "),

@@ -22,6 +22,13 @@ const PACKAGES: &[(&str, &str)] = &[
     // The launcher's tests run real containers.
     ("/usr/sbin/runc", "runc"),
     ("/bin/busybox", "busybox-static"),
+    // The git-gate: libgit2's SSH transport links OpenSSL; its tests run a real sshd and
+    // plain git.
+    ("/usr/include/openssl/ssl.h", "libssl-dev"),
+    ("/usr/bin/pkg-config", "pkg-config"),
+    ("/usr/sbin/sshd", "openssh-server"),
+    ("/usr/bin/ssh-keygen", "openssh-client"),
+    ("/usr/bin/git", "git"),
 ];
 
 /// Debian packages only `cargo xtask bench proxy` needs (never installed by `deps` or `test`).

@@ -64,6 +64,9 @@ pub struct CreateBottle {
     /// DLP settings for this bottle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlp: Option<DlpSettings>,
+    /// git-gate repos and the keys to reach them (keys are kept in memory only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_gate: Option<crate::gitgate::GitGateConfig>,
 }
 
 /// `PUT /v1/bottles/{name}/policy`: replaces the egress policy atomically.
@@ -291,6 +294,23 @@ pub struct L7Counters {
     pub dns: DnsCounters,
     /// DLP hits by rule id.
     pub dlp_hits: BTreeMap<String, u64>,
+    /// What the git-gate did.
+    #[serde(default)]
+    pub git: GitCounters,
+}
+
+/// The git-gate's counters for one bottle (ref updates are counted one by one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitCounters {
+    /// Fetches from the upstream (one before every clone/fetch/push the bottle starts).
+    pub fetches: u64,
+    pub fetch_failures: u64,
+    pub refs_accepted: u64,
+    /// Refused ref updates by reason (`secret`, `policy_force`, `upstream`, …).
+    pub refs_rejected: BTreeMap<String, u64>,
+    /// Bytes the bottle pushed into the gate / the gate sent the bottle.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// `GET|PUT /v1/kill-switch`.

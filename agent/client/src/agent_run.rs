@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use ::http::Method;
+use bottle_api::gitgate::{GitGateConfig, IdentityKey, GIT_GATE_PORT, MAX_IDENTITY_BYTES};
 use bottle_api::provision::{AgentMeta, HomeFile};
 use bottle_api::{BottleInfo, CreateBottle, DlpSettings, RunLimits, RunRequest, SetPolicy};
 use bottle_manifest::{
@@ -31,8 +32,6 @@ use crate::run::{self, RunError};
 pub const AGENT_HOME: &str = "/home/agent";
 /// The agent's working tree, `~/workspace`.
 pub const AGENT_WORKSPACE: &str = "/home/agent/workspace";
-/// Port of the git-gate on the bottle's gateway.
-pub const GATE_PORT: u16 = 9420;
 /// Largest total of files (provider config, prompt, skills) sent into the home: the agent
 /// takes at most 1 MiB per request, and the request carries env and policy too.
 const MAX_HOME_BYTES: usize = 768 * 1024;
@@ -72,6 +71,14 @@ pub enum AgentRunError {
     NoTerminal,
     #[error("not launched")]
     Declined,
+    #[error("git-gate repo {repo}: identity {}: {problem}", path.display())]
+    Identity {
+        repo: String,
+        path: PathBuf,
+        problem: String,
+    },
+    #[error("{}: {problem}", file.display())]
+    GitGate { file: PathBuf, problem: String },
     #[error(
         "{0} was not started from an agent manifest (`bottle run AGENT`), so there is nothing \
          to resume; use `bottle exec` or `bottle run --image`"
@@ -134,7 +141,7 @@ fn manifest_home() -> Result<PathBuf, AgentRunError> {
 }
 
 fn gate_base(info: &BottleInfo) -> String {
-    format!("http://{}:{GATE_PORT}", info.gateway_address)
+    format!("http://{}:{GIT_GATE_PORT}", info.gateway_address)
 }
 
 /// Loads the catalog and resolves `agent`, printing the catalog's warnings.
@@ -202,6 +209,43 @@ fn home_files(plan: &ProviderPlan, agent: &ResolvedAgent) -> Result<Vec<HomeFile
         return Err(AgentRunError::TooLarge(total));
     }
     Ok(files)
+}
+
+/// The bottle's `git-gate` block for the agent: the agent's identity over the bottle's, and
+/// each repo's key read here from its `identity` file (the agent never reads a user's home).
+/// `None` without repos: the gate has nothing to serve.
+fn git_gate(agent: &ResolvedAgent) -> Result<Option<GitGateConfig>, AgentRunError> {
+    if agent.bottle.repos.is_empty() {
+        return Ok(None);
+    }
+    let mut spec = agent.bottle.git_gate();
+    spec.user = agent.git_user.clone();
+    let mut keys = BTreeMap::new();
+    for (name, entry) in &agent.bottle.repos {
+        let path = PathBuf::from(&entry.spec.identity);
+        let too_large = std::fs::metadata(&path)
+            .map(|m| m.len() > MAX_IDENTITY_BYTES as u64)
+            .unwrap_or(false);
+        if too_large {
+            return Err(AgentRunError::Identity {
+                repo: name.clone(),
+                path,
+                problem: format!("larger than {MAX_IDENTITY_BYTES} bytes; is it a private key?"),
+            });
+        }
+        let key = std::fs::read_to_string(&path).map_err(|e| AgentRunError::Identity {
+            repo: name.clone(),
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
+        keys.insert(name.clone(), IdentityKey(key));
+    }
+    let config = GitGateConfig { spec, keys };
+    bottle_api::gitgate::validate(&config).map_err(|e| AgentRunError::GitGate {
+        file: agent.bottle.file.clone(),
+        problem: e.to_string(),
+    })?;
+    Ok(Some(config))
 }
 
 /// Asks on the terminal; `-y` skips it.
@@ -274,7 +318,9 @@ pub type Outcome = Option<i32>;
 /// `bottle run AGENT`.
 pub async fn run(client: &Client, args: AgentRunArgs) -> Result<Outcome, AgentRunError> {
     let agent = resolve(&args.agent)?;
-    let first = make_plan(&agent, None)?;
+    // The gateway is known once the bottle exists; until then (preflight, policy) the gate's
+    // address is a stand-in, and the plan is made again with the real one before the launch.
+    let first = make_plan(&agent, Some(&format!("http://gateway:{GIT_GATE_PORT}")))?;
     let preflight = Preflight::new(&agent, &first);
     if args.dry_run {
         print!("{}", preflight.text());
@@ -299,6 +345,7 @@ pub async fn run(client: &Client, args: AgentRunArgs) -> Result<Outcome, AgentRu
         egress: Some(first.egress.clone()),
         secrets: plan_secrets(&first),
         dlp: dlp_for(&env),
+        git_gate: git_gate(&agent)?,
     };
     let info: BottleInfo = client.send(Method::POST, "/v1/bottles", &create).await?;
     let launched = launch(client, &info, &agent, &image, env, &args).await;
@@ -404,6 +451,16 @@ pub async fn resume(client: &Client, name: &str, detach: bool) -> Result<Outcome
     let _: BottleInfo = client
         .send(Method::PUT, &format!("/v1/bottles/{name}/policy"), &policy)
         .await?;
+    // The gate's keys live in the agent's memory only: give them again (a restart lost them).
+    if let Some(gate) = git_gate(&agent)? {
+        let _: BottleInfo = client
+            .send(
+                Method::PUT,
+                &format!("/v1/bottles/{name}/git-gate/keys"),
+                &gate,
+            )
+            .await?;
+    }
     let req = RunRequest {
         bottle: Some(name.to_owned()),
         image: meta.image.clone(),

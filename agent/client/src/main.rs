@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ::http::Method;
+use bottle_api::gitgate::{GitGateConfig, IdentityKey};
 use bottle_api::policy::EgressPolicy;
 use bottle_api::{
     BottleInfo, BottleStats, CreateBottle, DlpMode, DlpSettings, ExecRequest, KillSwitch,
@@ -76,8 +77,21 @@ enum Command {
         name: Option<String>,
         #[command(flatten)]
         egress: EgressArgs,
+        /// git-gate, YAML: a bot-bottle `git-gate:` block (`user`, `repos: {NAME: {url,
+        /// identity, host_key}}`). Each `identity` file is read here and sent to the agent,
+        /// which keeps it in memory only.
+        #[arg(long, value_name = "FILE")]
+        git_gate: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Supply a bottle's git-gate keys again (the agent keeps them in memory only, so they
+    /// are lost when it restarts).
+    GitGateKeys {
+        name: String,
+        /// The same git-gate YAML the bottle was created with.
+        #[arg(long, value_name = "FILE")]
+        git_gate: PathBuf,
     },
     /// Create a bottle and run in it either an agent from your bot-bottle manifests
     /// (`bottle run AGENT`: preflight summary, confirm, launch) or a command from an image
@@ -340,6 +354,37 @@ fn load_egress(path: &PathBuf) -> Result<(EgressPolicy, BTreeMap<String, String>
     Ok((policy, secrets))
 }
 
+/// Reads a git-gate file and each repo's identity file (`~/` is this user's home, a
+/// relative path is taken from the git-gate file's directory).
+fn load_git_gate(path: &PathBuf) -> Result<GitGateConfig, CliError> {
+    let spec = bottle_manifest::manifest::git_gate_file(path, &read_file(path)?)?;
+    let base = path.parent().map(PathBuf::from).unwrap_or_default();
+    let mut keys = BTreeMap::new();
+    for (name, repo) in spec.repos.iter().flatten() {
+        let file = match repo.identity.strip_prefix("~/") {
+            Some(rest) => PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(rest),
+            None => base.join(&repo.identity),
+        };
+        let meta = std::fs::metadata(&file).map_err(|source| CliError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        if meta.len() > bottle_api::gitgate::MAX_IDENTITY_BYTES as u64 {
+            return Err(CliError::Env(format!(
+                "{}: git-gate repo {name}: identity {} is larger than {} bytes; is it a private key?",
+                path.display(),
+                file.display(),
+                bottle_api::gitgate::MAX_IDENTITY_BYTES
+            )));
+        }
+        keys.insert(name.clone(), IdentityKey(read_file(&file)?));
+    }
+    let config = GitGateConfig { spec, keys };
+    bottle_api::gitgate::validate(&config)
+        .map_err(|e| CliError::Env(format!("{}: {e}", path.display())))?;
+    Ok(config)
+}
+
 fn load_dlp(args: &DlpArgs) -> Result<Option<DlpSettings>, CliError> {
     if args.dlp_rules.is_none() && !args.dlp_warn && args.secret_env.is_empty() {
         return Ok(None);
@@ -542,6 +587,7 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                     egress: policy,
                     secrets,
                     dlp: load_dlp(&egress.dlp)?,
+                    git_gate: None,
                 },
                 image: absolute_image(image.unwrap_or_default()),
                 args: command,
@@ -588,7 +634,22 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             };
             return Ok(Some(run::exec(&client, &name, &req, terminal).await?));
         }
-        Command::Create { name, egress, json } => {
+        Command::GitGateKeys { name, git_gate } => {
+            let req = load_git_gate(&git_gate)?;
+            let _: BottleInfo = client
+                .send(
+                    Method::PUT,
+                    &format!("/v1/bottles/{name}/git-gate/keys"),
+                    &req,
+                )
+                .await?;
+        }
+        Command::Create {
+            name,
+            egress,
+            git_gate,
+            json,
+        } => {
             let (policy, secrets) = match &egress.egress {
                 Some(path) => {
                     let (p, s) = load_egress(path)?;
@@ -601,6 +662,7 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                 egress: policy,
                 secrets,
                 dlp: load_dlp(&egress.dlp)?,
+                git_gate: git_gate.as_ref().map(load_git_gate).transpose()?,
             };
             let info: BottleInfo = client.send(Method::POST, "/v1/bottles", &req).await?;
             if json {

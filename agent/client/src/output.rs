@@ -152,6 +152,20 @@ pub fn stats(s: &BottleStats, previous: Option<&BottleStats>) -> String {
     for (rule, hits) in &l7.dlp_hits {
         out.push_str(&format!("  dlp:         {rule}: {hits} hits\n"));
     }
+    let g = &l7.git;
+    if g.fetches > 0 || g.refs_accepted > 0 || !g.refs_rejected.is_empty() {
+        out.push_str(&format!(
+            "  git-gate:    {} fetches ({} failed), {} refs pushed, in {}, out {}\n",
+            g.fetches,
+            g.fetch_failures,
+            g.refs_accepted,
+            bytes(g.bytes_in as f64),
+            bytes(g.bytes_out as f64)
+        ));
+        for (reason, n) in &g.refs_rejected {
+            out.push_str(&format!("  git-gate:    rejected ({reason}): {n}\n"));
+        }
+    }
     out
 }
 

@@ -443,6 +443,11 @@ async fn route(
             let info = manager.lock().await.set_policy(caller, name, body)?;
             Ok(json(StatusCode::OK, &info))
         }
+        (&Method::PUT, ["bottles", name, "git-gate", "keys"]) => {
+            let body: bottle_api::gitgate::GitGateConfig = read_json(req).await?;
+            let info = manager.lock().await.set_git_gate_keys(caller, name, body)?;
+            Ok(json(StatusCode::OK, &info))
+        }
         (&Method::GET, ["bottles", name, "ca"]) => {
             let pem = manager.lock().await.ca_pem(caller, name)?;
             let mut resp = Response::new(full(pem));

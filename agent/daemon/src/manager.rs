@@ -41,6 +41,10 @@ pub enum ManagerError {
     NotRoot,
     #[error("invalid egress policy: {0}")]
     InvalidPolicy(String),
+    #[error("invalid git-gate: {0}")]
+    InvalidGitGate(#[from] bottle_api::gitgate::GitGateError),
+    #[error("bottle {0:?} has no git-gate repos; create it with --git-gate")]
+    NoGitGate(String),
     #[error(transparent)]
     Pool(#[from] IpamError),
     #[error(transparent)]
@@ -77,9 +81,10 @@ impl From<ManagerError> for ApiError {
             ManagerError::NameTaken(_) => ErrorCode::NameTaken,
             ManagerError::NotFound(_) => ErrorCode::NotFound,
             ManagerError::NotOwner(_) | ManagerError::NotRoot => ErrorCode::Forbidden,
-            ManagerError::InvalidPolicy(_) | ManagerError::Services(ServicesError::Policy(_)) => {
-                ErrorCode::InvalidPolicy
-            }
+            ManagerError::InvalidPolicy(_)
+            | ManagerError::InvalidGitGate(_)
+            | ManagerError::Services(ServicesError::Policy(_)) => ErrorCode::InvalidPolicy,
+            ManagerError::NoGitGate(_) => ErrorCode::Conflict,
             ManagerError::NoServices(_) => ErrorCode::Conflict,
             ManagerError::Pool(IpamError::Exhausted { .. }) => ErrorCode::PoolExhausted,
             _ => ErrorCode::Internal,
@@ -278,7 +283,10 @@ impl Manager {
         launcher: &str,
     ) -> Result<BottleInfo> {
         // The policy is compiled before anything is made, so a bad one costs nothing.
-        let stored = StoredPolicy::new(req.egress.clone(), req.dlp.as_ref());
+        let mut stored = StoredPolicy::new(req.egress.clone(), req.dlp.as_ref());
+        let gate = req.git_gate.clone().unwrap_or_default();
+        bottle_api::gitgate::validate(&gate)?;
+        stored.git_gate = req.git_gate.as_ref().map(|g| g.spec.clone());
         let secret_values = req
             .dlp
             .as_ref()
@@ -310,7 +318,7 @@ impl Manager {
         };
         let mut ifindex = None;
         match self
-            .build(&meta, &names, &mut ifindex, stored, compiled)
+            .build(&meta, &names, &mut ifindex, stored, compiled, &gate.keys)
             .await
         {
             Ok(services) => {
@@ -346,6 +354,7 @@ impl Manager {
         ifindex: &mut Option<u32>,
         stored: StoredPolicy,
         compiled: bottle_proxy::CompiledPolicy,
+        gate_keys: &BTreeMap<String, bottle_api::gitgate::IdentityKey>,
     ) -> Result<Services> {
         let started = std::time::Instant::now();
         let step = |what: &str| debug!(bottle = %meta.name, step = what, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "create");
@@ -383,8 +392,15 @@ impl Manager {
         state::save(&self.config.state_dir, meta)?;
         stored.save(&self.config.state_dir, &meta.id)?;
         step("state");
-        let services =
-            Services::start(meta, &self.settings(), stored, Some(compiled), true).await?;
+        let services = Services::start(
+            meta,
+            &self.settings(),
+            stored,
+            Some(compiled),
+            true,
+            gate_keys,
+        )
+        .await?;
         step("services");
         Ok(services)
     }
@@ -584,11 +600,7 @@ impl Manager {
             id: b.meta.id.clone(),
             sampled_at_ms: now_millis(),
             kernel: kernel_counters(&c),
-            l7: b
-                .services
-                .as_ref()
-                .map(|s| s.ctx.stats.snapshot())
-                .unwrap_or_default(),
+            l7: b.services.as_ref().map(Services::l7).unwrap_or_default(),
         }
     }
 
@@ -601,10 +613,16 @@ impl Manager {
         req: bottle_api::SetPolicy,
     ) -> Result<BottleInfo> {
         self.visible(caller, name)?;
-        let stored = StoredPolicy::new(Some(req.egress), req.dlp.as_ref());
+        let mut stored = StoredPolicy::new(Some(req.egress), req.dlp.as_ref());
         let secret_values = req.dlp.map(|d| d.secret_values).unwrap_or_default();
         let compiled = stored.compile(&req.secrets, secret_values, &self.config.upstream_hosts)?;
         let state_dir = self.config.state_dir.clone();
+        // The git-gate block is not part of the egress policy; it stays.
+        stored.git_gate = self
+            .bottles
+            .get(name)
+            .and_then(|b| b.services.as_ref())
+            .and_then(|s| s.stored.git_gate.clone());
         let bottle = self
             .bottles
             .get_mut(name)
@@ -616,6 +634,34 @@ impl Manager {
         stored.save(&state_dir, &bottle.meta.id)?;
         services.replace_policy(stored, compiled);
         info!(bottle = %name, "egress policy replaced");
+        let bottle = self.visible(caller, name)?;
+        Ok(self.info(bottle))
+    }
+
+    /// Supplies the git-gate's keys again (they live in memory only, so an agent restart
+    /// loses them). The repos must be the bottle's; their settings are not changed.
+    pub fn set_git_gate_keys(
+        &mut self,
+        caller: Caller,
+        name: &str,
+        req: bottle_api::gitgate::GitGateConfig,
+    ) -> Result<BottleInfo> {
+        self.visible(caller, name)?;
+        let bottle = self
+            .bottles
+            .get(name)
+            .ok_or_else(|| ManagerError::NotFound(name.into()))?;
+        let services = bottle
+            .services
+            .as_ref()
+            .ok_or_else(|| ManagerError::NoServices(name.into()))?;
+        let mut check = req.clone();
+        check.spec = services.stored.git_gate.clone().unwrap_or_default();
+        bottle_api::gitgate::validate(&check)?;
+        if !services.set_gate_keys(&req.keys) {
+            return Err(ManagerError::NoGitGate(name.into()));
+        }
+        info!(bottle = %name, repos = req.keys.len(), "git-gate keys supplied");
         let bottle = self.visible(caller, name)?;
         Ok(self.info(bottle))
     }
@@ -823,7 +869,18 @@ impl Manager {
             }
             let services = match StoredPolicy::load(&self.config.state_dir, &meta.id) {
                 Ok(stored) => {
-                    match Services::start(&meta, &self.settings(), stored, None, false).await {
+                    // git-gate keys were in memory only: the gate fails closed until they
+                    // are supplied again.
+                    match Services::start(
+                        &meta,
+                        &self.settings(),
+                        stored,
+                        None,
+                        false,
+                        &BTreeMap::new(),
+                    )
+                    .await
+                    {
                         Ok(s) => Some(s),
                         Err(e) => {
                             error!(bottle = %meta.name, error = %e, "cannot restart services; the bottle reaches nothing");

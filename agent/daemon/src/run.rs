@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bottle_api::provision::HomeFile;
 use bottle_api::{ApiError, BottleInfo, ErrorCode, RunFrame, RunRequest, WorkloadStatus};
 use bottle_launcher::runc::{self, Container, Runc};
 use bottle_launcher::Status;
@@ -93,6 +94,23 @@ impl Drop for Launching {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.0);
     }
+}
+
+/// The run's home files, plus a `~/.gitconfig` pointing the bottle's git-gate repos'
+/// upstream URLs at the gate (and the gate's git identity) when the run made a bottle with a
+/// gate and brought no git config of its own (a manifest run writes its own).
+fn with_gitconfig(req: &RunRequest, gateway: std::net::Ipv4Addr) -> Vec<HomeFile> {
+    let mut files = req.home_files.clone();
+    if let Some(gate) = &req.create.git_gate {
+        if !files.iter().any(|f| f.path == ".gitconfig") {
+            files.push(HomeFile {
+                path: ".gitconfig".into(),
+                contents: bottle_api::gitgate::render_gitconfig(&gate.spec, gateway),
+                mode: 0o644,
+            });
+        }
+    }
+    files
 }
 
 /// What `POST /v1/run` answers with.
@@ -304,7 +322,7 @@ async fn launch(
         cpus: req.limits.cpus,
         home: req.home.as_ref().map(std::path::PathBuf::from),
         workdir: req.workdir.as_ref().map(std::path::PathBuf::from),
-        home_files: req.home_files.clone(),
+        home_files: with_gitconfig(&req, info.gateway_address),
         caller_uid: caller.uid,
         state_dir,
         workspace: req.workspace.clone(),

@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use bottle_api::gitgate::{GitGateSpec, IdentityKey};
 use bottle_api::policy::EgressPolicy;
 use bottle_api::{DlpMode as ApiDlpMode, DlpSettings};
+use bottle_gitgate::{GateContext, GateLimits, GitGate};
 use bottle_proxy::audit::AuditLog;
 use bottle_proxy::ca::{BottleCa, CaError};
 use bottle_proxy::policy::PolicyError;
@@ -33,6 +35,8 @@ pub enum ServicesError {
     Bind(#[from] bottle_proxy::listeners::BindError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Gate(#[from] bottle_gitgate::gate::GateError),
     #[error("{path} is not a valid stored policy: {source}")]
     Stored {
         path: String,
@@ -49,6 +53,9 @@ pub struct StoredPolicy {
     pub egress: EgressPolicy,
     #[serde(default)]
     pub dlp: StoredDlp,
+    /// The git-gate block (identity paths as the client gave them; never key material).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_gate: Option<GitGateSpec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -67,6 +74,7 @@ impl StoredPolicy {
                 mode: dlp.map(|d| d.mode).unwrap_or_default(),
                 rules_toml: dlp.and_then(|d| d.rules_toml.clone()),
             },
+            git_gate: None,
         }
     }
 
@@ -164,6 +172,8 @@ impl StoredPolicy {
 pub struct Services {
     pub ctx: Arc<BottleContext>,
     pub stored: StoredPolicy,
+    /// The git-gate, when the bottle has repos.
+    pub gate: Option<GitGate>,
     _listeners: GatewayServices,
 }
 
@@ -185,6 +195,7 @@ impl Services {
         stored: StoredPolicy,
         policy: Option<CompiledPolicy>,
         fresh: bool,
+        gate_keys: &BTreeMap<String, IdentityKey>,
     ) -> Result<Self> {
         let dir = state::bottle_dir(settings.state_dir, &meta.id);
         let ca = if fresh {
@@ -209,11 +220,40 @@ impl Services {
             settings.limits,
         )?;
         let listeners = GatewayServices::start(ctx.clone()).await?;
+        let gate = match stored
+            .git_gate
+            .as_ref()
+            .filter(|g| g.repos.as_ref().is_some_and(|r| !r.is_empty()))
+        {
+            Some(spec) => Some(start_gate(&ctx, &dir, spec, gate_keys).await?),
+            None => None,
+        };
         Ok(Self {
             ctx,
             stored,
+            gate,
             _listeners: listeners,
         })
+    }
+
+    /// Hands the git-gate keys again (after an agent restart).
+    pub fn set_gate_keys(&self, keys: &BTreeMap<String, IdentityKey>) -> bool {
+        match &self.gate {
+            Some(g) => {
+                g.ctx.set_keys(keys);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The services' counters, git-gate included.
+    pub fn l7(&self) -> bottle_api::L7Counters {
+        let mut l7 = self.ctx.stats.snapshot();
+        if let Some(g) = &self.gate {
+            l7.git = g.ctx.stats.snapshot();
+        }
+        l7
     }
 
     /// Swaps in a new policy for new requests; open connections keep theirs.
@@ -221,4 +261,41 @@ impl Services {
         self.ctx.policy.replace(policy);
         self.stored = stored;
     }
+}
+
+/// Opens the mirrors under the bottle's state and starts the gate on `gateway:9420`. The DLP
+/// rules are the bottle's current ones (built-ins, its known secrets, its gitleaks rules),
+/// read at each push.
+async fn start_gate(
+    ctx: &Arc<BottleContext>,
+    bottle_dir: &Path,
+    spec: &GitGateSpec,
+    keys: &BTreeMap<String, IdentityKey>,
+) -> Result<GitGate> {
+    let root = bottle_gitgate::gate::mirrors_dir(bottle_dir);
+    let spec2 = spec.clone();
+    let repos = tokio::task::spawn_blocking(move || bottle_gitgate::open_mirrors(&root, &spec2))
+        .await
+        .map_err(|_| {
+            ServicesError::Gate(bottle_gitgate::gate::GateError::Mirror {
+                repo: "(all)".into(),
+                path: bottle_dir.display().to_string(),
+                message: "mirror setup panicked".into(),
+            })
+        })??;
+    let policy = ctx.policy.clone();
+    let limits = GateLimits::default();
+    let gate_ctx = Arc::new(GateContext {
+        bottle: ctx.name.clone(),
+        gateway: ctx.gateway,
+        bottle_addr: ctx.bottle_addr,
+        repos,
+        rules: Arc::new(move || policy.current().dlp.clone()),
+        audit: ctx.audit.clone(),
+        stats: Arc::default(),
+        conn_limit: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+        limits,
+    });
+    gate_ctx.set_keys(keys);
+    Ok(GitGate::start(gate_ctx).await?)
 }

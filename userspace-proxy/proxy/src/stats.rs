@@ -77,6 +77,7 @@ impl L7Stats {
             http: s.hosts.values().cloned().collect(),
             dns: s.dns,
             dlp_hits: s.dlp_hits.clone(),
+            git: Default::default(),
         })
     }
 }

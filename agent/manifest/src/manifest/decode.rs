@@ -121,6 +121,24 @@ pub(super) fn bottle(file: &Path, name: &str, text: &str) -> Result<BottleManife
     Ok(out)
 }
 
+/// Decodes a standalone git-gate file (`bottle create --git-gate FILE`): the block itself
+/// (`user:`, `repos:`) or a document with a top-level `git-gate:` key. `identity` paths are
+/// returned as written; the caller resolves and reads them.
+pub fn git_gate_file(file: &Path, text: &str) -> Result<bottle_api::gitgate::GitGateSpec> {
+    let doc = Doc { file, offset: 0 };
+    let root = doc.parse(text)?;
+    let decl = match doc.root(&root)?.iter().find(|e| e.key == "git-gate") {
+        Some(e) => doc.gate(&e.value, e.key_line)?,
+        None => doc.gate(&root, root.line)?,
+    };
+    Ok(bottle_api::gitgate::GitGateSpec {
+        user: decl.user,
+        repos: decl
+            .repos
+            .map(|r| r.into_iter().map(|(k, v)| (k, v.spec)).collect()),
+    })
+}
+
 /// Decodes a standalone egress policy file (`bottle create --egress FILE`): either the
 /// block itself (`routes: [...]`) or a document with a top-level `egress:` key, so a user can
 /// paste from a manifest either way. Errors name the file, line and key like manifest errors.
@@ -586,6 +604,7 @@ impl Doc<'_> {
                         url,
                         identity,
                         host_key,
+                        policy: None,
                     },
                     file: self.file.to_path_buf(),
                     line: self.at(e.key_line),

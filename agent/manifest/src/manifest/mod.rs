@@ -41,7 +41,7 @@ use bottle_api::policy::EgressPolicy;
 use serde::Serialize;
 
 pub use catalog::{Catalog, LoadOptions};
-pub use decode::egress_file;
+pub use decode::{egress_file, git_gate_file};
 pub use skills::SkillFile;
 
 use crate::env::EnvValue;

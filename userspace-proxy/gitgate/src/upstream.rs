@@ -1,0 +1,314 @@
+//! Talking to the upstream with the host-held credential, through libgit2: fetch into the
+//! mirror, push accepted refs. Blocking calls; callers run them on a blocking thread under a
+//! deadline. The SSH host key must match a pinned one (no trust on first use); the key
+//! material is handed to libssh2 from memory and never touches disk.
+
+use std::cell::{Cell, RefCell};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use git2::{
+    CertificateCheckStatus, Cred, CredentialType, FetchOptions, FetchPrune, PushOptions,
+    RemoteCallbacks, Repository,
+};
+
+use crate::gate::RepoConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{repo}: no host key is pinned for {url}, so the git-gate refuses to connect (no trust on first use). Pin it: add `host_key: \"<type> <base64>\"` to the repo's git-gate entry, e.g. the output of `ssh-keyscan -t ed25519 -p PORT HOST | cut -d' ' -f2-` checked against a fingerprint you trust, and create the bottle again")]
+    NoHostKey { repo: String, url: String },
+    #[error("{repo}: the agent has no credential for this repo (keys are kept in memory only and are lost when the agent restarts); supply them again with `bottle git-gate-keys BOTTLE --git-gate FILE`")]
+    NoCredential { repo: String },
+    #[error("{repo}: the upstream's host key does not match the pinned host_key; refusing to talk to it (a changed key may mean a man in the middle: check it out of band before updating the pin)")]
+    HostKeyMismatch { repo: String },
+    #[error("{repo}: upstream did not finish within {secs} s")]
+    Timeout { repo: String, secs: u64 },
+    #[error("{repo}: upstream {op} failed: {message}")]
+    Git {
+        repo: String,
+        op: &'static str,
+        message: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, UpstreamError>;
+
+/// Bounds of one upstream operation.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamLimits {
+    /// Whole-operation deadline (checked in libgit2's progress callbacks).
+    pub deadline: Duration,
+}
+
+/// Sets libgit2's socket connect and I/O timeouts (process-wide).
+pub fn set_global_timeouts(connect: Duration, io: Duration) {
+    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: these only store an integer in libgit2's global settings; called before any
+    // upstream operation runs.
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect));
+        let _ = git2::opts::set_server_timeout_in_milliseconds(ms(io));
+    }
+}
+
+fn pinned_blobs(repo: &RepoConfig) -> Result<Vec<Vec<u8>>> {
+    let keys = repo
+        .host_key
+        .as_deref()
+        .and_then(bottle_api::gitgate::parse_host_keys)
+        .unwrap_or_default();
+    let blobs: Vec<Vec<u8>> = keys
+        .iter()
+        .filter_map(|(_, b64)| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .collect();
+    if blobs.is_empty() {
+        return Err(UpstreamError::NoHostKey {
+            repo: repo.name.clone(),
+            url: repo.url.clone(),
+        });
+    }
+    Ok(blobs)
+}
+
+/// Shared state of the callbacks of one operation.
+struct CallbackState {
+    host_key_mismatch: Cell<bool>,
+    cred_attempts: Cell<u32>,
+    timed_out: Cell<bool>,
+}
+
+fn callbacks<'a>(
+    repo: &'a RepoConfig,
+    key: &'a str,
+    pinned: &'a [Vec<u8>],
+    state: &'a CallbackState,
+    started: Instant,
+    limits: UpstreamLimits,
+) -> RemoteCallbacks<'a> {
+    let mut cb = RemoteCallbacks::new();
+    let is_ssh = repo.url.starts_with("ssh://");
+    cb.credentials(move |_url, username, allowed| {
+        let n = state.cred_attempts.get() + 1;
+        state.cred_attempts.set(n);
+        if n > 3 {
+            return Err(git2::Error::from_str(
+                "upstream refused the gate's credential",
+            ));
+        }
+        if is_ssh && allowed.contains(CredentialType::USERNAME) {
+            return Cred::username(username.unwrap_or("git"));
+        }
+        if is_ssh && allowed.contains(CredentialType::SSH_KEY) {
+            return Cred::ssh_key_from_memory(username.unwrap_or("git"), None, key, None);
+        }
+        if !is_ssh && allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            return Cred::userpass_plaintext(username.unwrap_or("x-access-token"), key.trim());
+        }
+        Err(git2::Error::from_str(
+            "upstream asks for a credential type the gate does not hold",
+        ))
+    });
+    cb.certificate_check(move |cert, _host| {
+        if !is_ssh {
+            // HTTPS: libgit2 already verified the chain against the system roots.
+            return Ok(CertificateCheckStatus::CertificatePassthrough);
+        }
+        let matches = cert
+            .as_hostkey()
+            .and_then(|h| h.hostkey())
+            .is_some_and(|raw| pinned.iter().any(|p| p.as_slice() == raw));
+        if matches {
+            Ok(CertificateCheckStatus::CertificateOk)
+        } else {
+            state.host_key_mismatch.set(true);
+            Err(git2::Error::from_str("host key mismatch"))
+        }
+    });
+    cb.transfer_progress(move |_| {
+        let ok = started.elapsed() < limits.deadline;
+        if !ok {
+            state.timed_out.set(true);
+        }
+        ok
+    });
+    cb
+}
+
+fn map_err(
+    repo: &RepoConfig,
+    op: &'static str,
+    state: &CallbackState,
+    limits: UpstreamLimits,
+    e: &git2::Error,
+) -> UpstreamError {
+    if state.host_key_mismatch.get() {
+        UpstreamError::HostKeyMismatch {
+            repo: repo.name.clone(),
+        }
+    } else if state.timed_out.get() {
+        UpstreamError::Timeout {
+            repo: repo.name.clone(),
+            secs: limits.deadline.as_secs(),
+        }
+    } else {
+        UpstreamError::Git {
+            repo: repo.name.clone(),
+            op,
+            message: e.message().chars().take(500).collect(),
+        }
+    }
+}
+
+fn preflight(repo: &RepoConfig) -> Result<(Vec<Vec<u8>>, String)> {
+    let pinned = if repo.url.starts_with("ssh://") {
+        pinned_blobs(repo)?
+    } else {
+        Vec::new()
+    };
+    let key = repo.key().ok_or_else(|| UpstreamError::NoCredential {
+        repo: repo.name.clone(),
+    })?;
+    Ok((pinned, key))
+}
+
+/// Fetches every branch and tag of the upstream into the bare mirror at `dir` (pruning what
+/// the upstream deleted) and points the mirror's HEAD at the upstream's default branch.
+/// Returns bytes received.
+pub fn fetch(dir: &Path, repo: &RepoConfig, limits: UpstreamLimits) -> Result<u64> {
+    let (pinned, key) = preflight(repo)?;
+    let git = |op, e: git2::Error| UpstreamError::Git {
+        repo: repo.name.clone(),
+        op,
+        message: e.message().to_string(),
+    };
+    let mirror = Repository::open_bare(dir).map_err(|e| git("open mirror", e))?;
+    let mut remote = mirror
+        .remote_anonymous(&repo.url)
+        .map_err(|e| git("remote", e))?;
+    let state = CallbackState {
+        host_key_mismatch: Cell::new(false),
+        cred_attempts: Cell::new(0),
+        timed_out: Cell::new(false),
+    };
+    let received = Cell::new(0u64);
+    let started = Instant::now();
+    let mut cb = callbacks(repo, &key, &pinned, &state, started, limits);
+    cb.transfer_progress(|p| {
+        received.set(p.received_bytes() as u64);
+        let ok = started.elapsed() < limits.deadline;
+        if !ok {
+            state.timed_out.set(true);
+        }
+        ok
+    });
+    let mut opts = FetchOptions::new();
+    opts.remote_callbacks(cb)
+        .prune(FetchPrune::On)
+        .download_tags(git2::AutotagOption::None);
+    remote
+        .fetch(
+            &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            Some(&mut opts),
+            None,
+        )
+        .map_err(|e| map_err(repo, "fetch", &state, limits, &e))?;
+    // Anonymous remotes do not prune; drop mirror refs the upstream no longer has.
+    if let Ok(heads) = remote.list() {
+        let upstream: std::collections::HashSet<String> =
+            heads.iter().map(|h| h.name().to_string()).collect();
+        if let Ok(refs) = mirror.references() {
+            let stale: Vec<String> = refs
+                .flatten()
+                .filter_map(|r| r.name().map(str::to_string))
+                .filter(|n| {
+                    (n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
+                        && !upstream.contains(n)
+                })
+                .collect();
+            for name in stale {
+                if let Ok(mut r) = mirror.find_reference(&name) {
+                    let _ = r.delete();
+                }
+            }
+        }
+    }
+    if let Ok(buf) = remote.default_branch() {
+        if let Some(head) = buf.as_str() {
+            let _ = mirror.set_head(head);
+        }
+    }
+    Ok(received.get())
+}
+
+/// What the upstream said about one ref of a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefOutcome {
+    pub refname: String,
+    /// `None`: accepted; `Some(reason)`: the upstream's words.
+    pub rejected: Option<String>,
+}
+
+/// Result of a push: per-ref outcomes and any text the upstream printed (`remote:` lines).
+#[derive(Debug, Default)]
+pub struct PushOutcome {
+    pub refs: Vec<RefOutcome>,
+    pub messages: Vec<u8>,
+    pub bytes: u64,
+}
+
+/// Pushes `refspecs` (built by the caller: `[+]src:dst` or `:dst`) from `quarantine` to
+/// the upstream.
+pub fn push(
+    quarantine: &Repository,
+    repo: &RepoConfig,
+    refspecs: &[String],
+    limits: UpstreamLimits,
+) -> Result<PushOutcome> {
+    let (pinned, key) = preflight(repo)?;
+    let mut remote = quarantine
+        .remote_anonymous(&repo.url)
+        .map_err(|e| UpstreamError::Git {
+            repo: repo.name.clone(),
+            op: "remote",
+            message: e.message().to_string(),
+        })?;
+    let state = CallbackState {
+        host_key_mismatch: Cell::new(false),
+        cred_attempts: Cell::new(0),
+        timed_out: Cell::new(false),
+    };
+    let outcomes = RefCell::new(Vec::new());
+    let messages = RefCell::new(Vec::new());
+    let bytes = Cell::new(0u64);
+    let started = Instant::now();
+    let mut cb = callbacks(repo, &key, &pinned, &state, started, limits);
+    cb.push_update_reference(|refname, status| {
+        outcomes.borrow_mut().push(RefOutcome {
+            refname: refname.to_string(),
+            rejected: status.map(str::to_string),
+        });
+        Ok(())
+    });
+    cb.sideband_progress(|data| {
+        let mut m = messages.borrow_mut();
+        if m.len() < 64 * 1024 {
+            m.extend_from_slice(data);
+        }
+        started.elapsed() < limits.deadline
+    });
+    cb.push_transfer_progress(|_, _, b| bytes.set(b as u64));
+    let mut opts = PushOptions::new();
+    opts.remote_callbacks(cb);
+    let specs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
+    remote
+        .push(&specs, Some(&mut opts))
+        .map_err(|e| map_err(repo, "push", &state, limits, &e))?;
+    drop(opts);
+    Ok(PushOutcome {
+        refs: outcomes.into_inner(),
+        messages: messages.into_inner(),
+        bytes: bytes.get(),
+    })
+}
