@@ -131,6 +131,10 @@ enum Command {
         cpus: Option<f64>,
         #[command(flatten)]
         egress: EgressArgs,
+        /// git-gate, YAML (as for `bottle create --git-gate`); the workload's ~/.gitconfig
+        /// sends the repos' upstream URLs through the gate.
+        #[arg(long, value_name = "FILE")]
+        git_gate: Option<PathBuf>,
         /// Copy the current directory (with .git) into the bottle as ~/workspace, where the
         /// command starts. Works from a remote client too: the directory is uploaded.
         #[arg(long)]
@@ -451,11 +455,16 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             mounts,
             interactive: _,
             tty,
+            git_gate,
         } => {
-            if !env.is_empty() || egress.egress.is_some() || !command.is_empty() {
+            if !env.is_empty()
+                || egress.egress.is_some()
+                || git_gate.is_some()
+                || !command.is_empty()
+            {
                 return Err(CliError::Env(
-                    "with AGENT, the environment, egress and command come from the manifests; \
-                     drop -e, --egress and the command"
+                    "with AGENT, the environment, egress, git-gate and command come from the \
+                     manifests; drop -e, --egress, --git-gate and the command"
                         .into(),
                 ));
             }
@@ -555,6 +564,7 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
             command,
             cwd,
             mounts,
+            git_gate,
         } => {
             let mounts = mounts
                 .iter()
@@ -587,7 +597,7 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                     egress: policy,
                     secrets,
                     dlp: load_dlp(&egress.dlp)?,
-                    git_gate: None,
+                    git_gate: git_gate.as_ref().map(load_git_gate).transpose()?,
                 },
                 image: absolute_image(image.unwrap_or_default()),
                 args: command,
