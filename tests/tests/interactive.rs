@@ -477,6 +477,14 @@ fn privileged_exec_runs_inside_the_workload() {
     ] {
         assert!(s.contains(want), "{want} missing: {s}");
     }
+    // The workload's rlimits and OOM preference.
+    let out = exec(&[
+        "sh",
+        "-c",
+        "[ \"$(cat /proc/1/limits)\" = \"$(cat /proc/self/limits)\" ] && echo same-limits; \
+         [ \"$(cat /proc/1/oom_score_adj)\" = \"$(cat /proc/self/oom_score_adj)\" ] && echo same-oom",
+    ]);
+    assert_eq!(text(&out.stdout), "same-limits\nsame-oom\n", "{out:?}");
     // stdin.
     let out = bottle_with_input(&agent, &["exec", "ex", "--", "cat"], b"piped\n".to_vec());
     assert_eq!(text(&out.stdout), "piped\n", "{out:?}");

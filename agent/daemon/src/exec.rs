@@ -82,12 +82,31 @@ fn container_process(config: &std::path::Path) -> Result<(ExecUser, Vec<String>)
         })
         .unwrap_or_default();
     let cwd = p["cwd"].as_str().unwrap_or("/").to_owned();
+    let rlimits = p["rlimits"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| {
+                    Some((
+                        r["type"].as_str()?.to_owned(),
+                        r["soft"].as_u64()?,
+                        r["hard"].as_u64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let oom_score_adj = p["oomScoreAdj"]
+        .as_i64()
+        .and_then(|n| i32::try_from(n).ok());
     Ok((
         ExecUser {
             uid,
             gid,
             additional_gids,
             cwd,
+            rlimits,
+            oom_score_adj,
         },
         env,
     ))

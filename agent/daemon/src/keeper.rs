@@ -56,13 +56,35 @@ pub fn read_exit(dir: &Path) -> Option<i32> {
         .ok()
 }
 
+/// The keeper's pid, as the agent recorded it in the bundle's mark file.
+pub fn pid(dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(dir.join(MARK_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&p| p > 0)
+}
+
+/// Whether `pid` still is the keeper of the bundle `dir` (not a reused pid).
+pub fn alive(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|&b| b == 0);
+    let _exe = args.next();
+    args.next() == Some(b"keep".as_slice())
+        && args.next() == Some(dir.as_os_str().as_encoded_bytes())
+}
+
 /// `bottle-agent keep …`: runs until the workload has exited. Errors go to stderr (the
 /// agent's log while the agent lives).
 pub fn main(args: &[OsString]) -> ExitCode {
     match keep(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bottle-agent keep: {e}");
+            // Not eprintln: a closed stderr (the agent's log pipe gone) must not panic us.
+            let _ = writeln!(std::io::stderr(), "bottle-agent keep: {e}");
             ExitCode::from(1)
         }
     }

@@ -540,12 +540,18 @@ impl Job {
                         return crate::keeper::read_exit(&dir);
                     }
                 }
+                // Re-adopted: the keeper is someone else's child now; watch it by its pid
+                // (checked to still be this bundle's keeper), else by runc's state.
                 None => {
-                    match self.container.state() {
-                        Ok(st) if st.status != Status::Stopped => lost = 0,
-                        _ => lost += 1,
-                    }
-                    if lost >= 4 {
+                    let alive = match crate::keeper::pid(&dir) {
+                        Some(pid) => crate::keeper::alive(pid, &dir),
+                        None => self
+                            .container
+                            .state()
+                            .is_ok_and(|st| st.status != Status::Stopped),
+                    };
+                    lost = if alive { 0 } else { lost + 1 };
+                    if lost >= 2 {
                         return crate::keeper::read_exit(&dir);
                     }
                 }

@@ -17,7 +17,8 @@
 //!   hold from the start;
 //! - net, ipc, uts, cgroup and mount namespaces, then the user namespace;
 //! - the container's uid, gid and supplementary groups; an empty capability bounding, ambient,
-//!   permitted and effective set; `PR_SET_NO_NEW_PRIVS`; the container's working directory;
+//!   permitted and effective set; `PR_SET_NO_NEW_PRIVS`; the container's working directory,
+//!   rlimits and `oom_score_adj`;
 //! - the workload's seccomp deny-list ([`crate::seccomp::DENIED`]), compiled to classic BPF by
 //!   `seccompiler` (rust-vmm) and loaded last, just before `execve` (it denies `setns`). Unlike
 //!   runc's libseccomp filter it allows only the native architecture's syscall ABI: a 32-bit
@@ -56,7 +57,7 @@ pub enum NsExecError {
     Seccomp(String),
     #[error("starting the process in the container: {0}")]
     Spawn(#[source] io::Error),
-    #[error("the container's user {0:?} or working directory is not usable (contains NUL)")]
+    #[error("the container's process setting {0:?} is not usable here")]
     BadSpec(String),
 }
 
@@ -76,6 +77,33 @@ pub struct ExecUser {
     pub gid: u32,
     pub additional_gids: Vec<u32>,
     pub cwd: String,
+    /// The container process's rlimits, by `RLIMIT_*` name: `(name, soft, hard)`.
+    pub rlimits: Vec<(String, u64, u64)>,
+    /// The container process's `oom_score_adj`.
+    pub oom_score_adj: Option<i32>,
+}
+
+/// The resource of an OCI `RLIMIT_*` name.
+fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        _ => return None,
+    })
 }
 
 /// Everything the child needs after `fork`, prepared before it.
@@ -85,7 +113,9 @@ struct Plan {
     user_ns: OwnedFd,
     pid_ns: OwnedFd,
     cgroup_procs: Vec<CString>,
-    oom_score_adj: CString,
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    oom_path: CString,
+    oom_score_adj: Option<Vec<u8>>,
     uid: libc::uid_t,
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
@@ -153,7 +183,22 @@ fn prepare(init_pid: i32, user: &ExecUser, tty: bool) -> Result<Plan> {
         user_ns: open_ns("user")?,
         pid_ns: open_ns("pid")?,
         cgroup_procs,
-        oom_score_adj: CString::new("/proc/self/oom_score_adj").map_err(|_| bad("oom"))?,
+        rlimits: user
+            .rlimits
+            .iter()
+            .map(|(name, soft, hard)| {
+                let r = rlimit_resource(name).ok_or_else(|| bad(name))?;
+                Ok((
+                    r,
+                    libc::rlimit {
+                        rlim_cur: *soft,
+                        rlim_max: *hard,
+                    },
+                ))
+            })
+            .collect::<Result<_>>()?,
+        oom_path: CString::new("/proc/self/oom_score_adj").map_err(|_| bad("oom"))?,
+        oom_score_adj: user.oom_score_adj.map(|n| n.to_string().into_bytes()),
         uid: user.uid,
         gid: user.gid,
         groups: user.additional_gids.clone(),
@@ -344,8 +389,15 @@ fn join(plan: &Plan) -> io::Result<()> {
     for procs in &plan.cgroup_procs {
         write_file(procs, b"0")?;
     }
-    // The workload's OOM preference (see the bundle); best effort.
-    let _ = write_file(&plan.oom_score_adj, b"500");
+    // The workload's OOM preference and rlimits, set as host root (raising a hard limit
+    // needs privilege in the initial user namespace).
+    if let Some(adj) = &plan.oom_score_adj {
+        write_file(&plan.oom_path, adj)?;
+    }
+    for (resource, limit) in &plan.rlimits {
+        // SAFETY: setrlimit reads one rlimit from memory owned by the plan.
+        check(unsafe { libc::setrlimit(*resource, limit) })?;
+    }
     for (fd, flag) in &plan.namespaces {
         // SAFETY: setns on a descriptor owned by the plan, which outlives this call.
         check(unsafe { libc::setns(fd.as_raw_fd(), *flag) })?;
