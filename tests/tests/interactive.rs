@@ -514,6 +514,22 @@ fn privileged_exec_runs_inside_the_workload() {
     wait_for("the exec'd sleep", Duration::from_secs(30), || {
         !pids_with("sleep 4321").is_empty()
     });
+    // Seen from the host: an unprivileged uid of the container's range, in its cgroup.
+    let pid = pids_with("sleep 4321").remove(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("\nUid:\t101000\t"), "{status}");
+    let id = serde_json::from_str::<serde_json::Value>(&agent.ok(&["inspect", "ex", "--json"]))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cgroup
+            .lines()
+            .all(|l| l.ends_with(&format!("/bottle/{id}"))),
+        "{cgroup}"
+    );
     agent.ok(&["rm", "ex"]);
     wait_for("the exec'd sleep to die", Duration::from_secs(30), || {
         pids_with("sleep 4321").is_empty()
@@ -553,6 +569,21 @@ fn privileged_agent_restart_keeps_a_detached_workload_running() {
         "run", "--detach", "--name", "keep2", "--image", &img, "--", "sleep", "8888",
     ]);
     assert!(out.status.success(), "{out:?}\n{}", agent.log());
+    // A detached --rm run that ends after the restart: still removed.
+    let out = agent.bottle(&[
+        "run",
+        "--detach",
+        "--rm",
+        "--name",
+        "gone",
+        "--image",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "while [ ! -e /tmp/go ]; do sleep 0.2; done",
+    ]);
+    assert!(out.status.success(), "{out:?}\n{}", agent.log());
     // A foreground run, whose client will outlive nothing: it must be stopped.
     let mut fg = bottle_cmd(
         &agent,
@@ -582,6 +613,15 @@ fn privileged_agent_restart_keeps_a_detached_workload_running() {
     assert_eq!(ls_state(&agent, "keep"), "running", "{}", agent.log());
     let out = bottle_with_input(&agent, &["exec", "keep", "--", "hostname"], vec![]);
     assert_eq!(text(&out.stdout), "keep\n", "{out:?}\n{}", agent.log());
+    let out = bottle_with_input(
+        &agent,
+        &["exec", "gone", "--", "sh", "-c", "echo > /tmp/go"],
+        vec![],
+    );
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the --rm bottle to go", Duration::from_secs(60), || {
+        !agent.ok(&["ls"]).contains("gone")
+    });
     // `stop` works on a re-adopted workload.
     assert_eq!(ls_state(&agent, "keep2"), "running");
     agent.ok(&["stop", "--time", "1", "keep2"]);
