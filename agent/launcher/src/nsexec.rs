@@ -9,9 +9,10 @@
 //!
 //! The process gets what runc gives the container's own process, so an exec'd command is no
 //! more privileged than the workload:
-//! - the pid namespace: `setns` on a short-lived thread that then forks, so the child is born
+//! - the pid namespace: `setns` on a dedicated thread that then forks, so the child is born
 //!   inside it (a process cannot change its own pid namespace); it dies with the container's
-//!   init like every other process there;
+//!   init like every other process there, and (parent-death signal) with that thread, so
+//!   with the agent;
 //! - the cgroups (every hierarchy of `/proc/<init>/cgroup`, cgroup v1, v2 or hybrid): the child
 //!   writes itself into each `cgroup.procs` before anything else, so the container's limits
 //!   hold from the start;
@@ -125,9 +126,32 @@ struct Plan {
     tty: bool,
 }
 
-/// Spawns `cmd` inside the container whose init is `init_pid`. `cmd` carries the program,
-/// arguments, environment and stdio; this adds the joining. Blocks only for the spawn.
-pub fn spawn(mut cmd: Command, init_pid: i32, user: &ExecUser, tty: bool) -> Result<Child> {
+/// The standard streams of a process started by [`spawn`] (those set to `Stdio::piped()`).
+#[derive(Debug)]
+pub struct ChildIo {
+    pub pid: u32,
+    pub stdin: Option<std::process::ChildStdin>,
+    pub stdout: Option<std::process::ChildStdout>,
+    pub stderr: Option<std::process::ChildStderr>,
+}
+
+/// Spawns `cmd` inside the container whose init is `init_pid` and returns its pipes. `cmd`
+/// carries the program, arguments, environment and stdio; this adds the joining.
+///
+/// The pid namespace can only be entered by the thread that forks, and the child's
+/// parent-death signal (SIGKILL: an exec'd process does not outlive the agent) fires when that
+/// thread ends. So a new thread forks and then runs `supervise` with the child (waiting for
+/// it, typically); it ends when `supervise` returns, and runs nothing else.
+pub fn spawn<F>(
+    mut cmd: Command,
+    init_pid: i32,
+    user: &ExecUser,
+    tty: bool,
+    supervise: F,
+) -> Result<ChildIo>
+where
+    F: FnOnce(Child) + Send + 'static,
+{
     let plan = Arc::new(prepare(init_pid, user, tty)?);
     let in_child = plan.clone();
     // SAFETY: the closure runs between fork and exec in the single-threaded child and only
@@ -135,20 +159,36 @@ pub fn spawn(mut cmd: Command, init_pid: i32, user: &ExecUser, tty: bool) -> Res
     unsafe {
         cmd.pre_exec(move || join(&in_child));
     }
-    // The pid namespace is entered by the thread that forks: on a thread of its own, which
-    // ends right after, so no other work ever runs with it.
-    let forker = std::thread::Builder::new()
-        .name("exec-fork".into())
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("exec".into())
         .spawn(move || {
             // SAFETY: setns on a descriptor we own; CLONE_NEWPID changes only which pid
             // namespace this thread's future children are born in.
             if unsafe { libc::setns(plan.pid_ns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
-                return Err(io::Error::last_os_error());
+                let _ = tx.send(Err(io::Error::last_os_error()));
+                return;
             }
-            cmd.spawn()
+            drop(plan);
+            match cmd.spawn() {
+                Ok(mut child) => {
+                    let io = ChildIo {
+                        pid: child.id(),
+                        stdin: child.stdin.take(),
+                        stdout: child.stdout.take(),
+                        stderr: child.stderr.take(),
+                    };
+                    drop(cmd);
+                    let _ = tx.send(Ok(io));
+                    supervise(child);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
         })
         .map_err(NsExecError::Spawn)?;
-    match forker.join() {
+    match rx.recv() {
         Ok(r) => r.map_err(NsExecError::Spawn),
         Err(_) => Err(NsExecError::Spawn(io::Error::other(
             "the forking thread died",
@@ -429,6 +469,11 @@ fn join(plan: &Plan) -> io::Result<()> {
     }
     // SAFETY: plain syscall without pointers.
     check(unsafe { libc::setresuid(plan.uid, plan.uid, plan.uid) })?;
+    // After the uid change, which clears it: killed when the forking thread (the agent's
+    // supervisor of this process) ends, so an agent crash does not leave it running. A crash
+    // between the fork and this line is not covered.
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
     // Permitted, effective and inheritable sets to nothing (a uid 0 user keeps them across
     // setresuid), ambient too.
     let mut header = CapHeader {
