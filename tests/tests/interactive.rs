@@ -100,6 +100,38 @@ fn entries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// On drop, removes every container and rootfs mount the test's agent left behind: after a
+/// failed assertion they would keep running (the harness cleans namespaces, not workloads).
+struct Workloads(PathBuf);
+
+impl Workloads {
+    fn of(agent: &Agent) -> Self {
+        Self(run_dir(agent))
+    }
+}
+
+impl Drop for Workloads {
+    fn drop(&mut self) {
+        let root = self.0.join("runc");
+        for id in entries(&root).iter().filter(|id| !id.starts_with('.')) {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", id])
+                .output();
+        }
+        let rootfs = self.0.join("rootfs").display().to_string();
+        for line in std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(m) = line.split(' ').nth(4).filter(|m| m.starts_with(&rootfs)) {
+                let _ = Command::new("umount").args(["-l", m]).output();
+            }
+        }
+    }
+}
+
 /// Nothing of any bottle is left.
 fn assert_nothing_left(agent: &Agent) {
     assert_eq!(
@@ -277,6 +309,7 @@ fn privileged_stdin_exit_codes_and_missing_command() {
         return;
     }
     let agent = Agent::start(PIPES_SLOT, "");
+    let _workloads = Workloads::of(&agent);
     let img = image(&agent);
 
     // A few MB of every byte value through stdin to `cat` and back, intact.
@@ -356,6 +389,7 @@ fn privileged_tty_session_answers_resizes_and_restores_the_terminal() {
         return;
     }
     let agent = Agent::start(TTY_SLOT, "");
+    let _workloads = Workloads::of(&agent);
     let img = image(&agent);
 
     let pty = Pty::open(30, 100);
@@ -421,6 +455,7 @@ fn privileged_exec_runs_inside_the_workload() {
         return;
     }
     let agent = Agent::start(EXEC_SLOT, "");
+    let _workloads = Workloads::of(&agent);
     let img = image(&agent);
     let out = agent.bottle(&[
         "run", "--detach", "--name", "ex", "--image", &img, "--", "sleep", "1000",
@@ -477,6 +512,14 @@ fn privileged_exec_runs_inside_the_workload() {
     ] {
         assert!(s.contains(want), "{want} missing: {s}");
     }
+    // The workload's rlimits and OOM preference.
+    let out = exec(&[
+        "sh",
+        "-c",
+        "[ \"$(cat /proc/1/limits)\" = \"$(cat /proc/self/limits)\" ] && echo same-limits; \
+         [ \"$(cat /proc/1/oom_score_adj)\" = \"$(cat /proc/self/oom_score_adj)\" ] && echo same-oom",
+    ]);
+    assert_eq!(text(&out.stdout), "same-limits\nsame-oom\n", "{out:?}");
     // stdin.
     let out = bottle_with_input(&agent, &["exec", "ex", "--", "cat"], b"piped\n".to_vec());
     assert_eq!(text(&out.stdout), "piped\n", "{out:?}");
@@ -506,6 +549,22 @@ fn privileged_exec_runs_inside_the_workload() {
     wait_for("the exec'd sleep", Duration::from_secs(30), || {
         !pids_with("sleep 4321").is_empty()
     });
+    // Seen from the host: an unprivileged uid of the container's range, in its cgroup.
+    let pid = pids_with("sleep 4321").remove(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("\nUid:\t101000\t"), "{status}");
+    let id = serde_json::from_str::<serde_json::Value>(&agent.ok(&["inspect", "ex", "--json"]))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cgroup
+            .lines()
+            .all(|l| l.ends_with(&format!("/bottle/{id}"))),
+        "{cgroup}"
+    );
     agent.ok(&["rm", "ex"]);
     wait_for("the exec'd sleep to die", Duration::from_secs(30), || {
         pids_with("sleep 4321").is_empty()
@@ -526,6 +585,7 @@ fn privileged_agent_restart_keeps_a_detached_workload_running() {
         return;
     }
     let mut agent = Agent::start(RESTART_SLOT, "");
+    let _workloads = Workloads::of(&agent);
     let img = image(&agent);
     // The workload ends when told to (a file in its /tmp), with a code of our choosing.
     let out = agent.bottle(&[
@@ -543,6 +603,21 @@ fn privileged_agent_restart_keeps_a_detached_workload_running() {
     assert!(out.status.success(), "{out:?}\n{}", agent.log());
     let out = agent.bottle(&[
         "run", "--detach", "--name", "keep2", "--image", &img, "--", "sleep", "8888",
+    ]);
+    assert!(out.status.success(), "{out:?}\n{}", agent.log());
+    // A detached --rm run that ends after the restart: still removed.
+    let out = agent.bottle(&[
+        "run",
+        "--detach",
+        "--rm",
+        "--name",
+        "gone",
+        "--image",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "while [ ! -e /tmp/go ]; do sleep 0.2; done",
     ]);
     assert!(out.status.success(), "{out:?}\n{}", agent.log());
     // A foreground run, whose client will outlive nothing: it must be stopped.
@@ -566,14 +641,40 @@ fn privileged_agent_restart_keeps_a_detached_workload_running() {
         || text(&agent.bottle(&["logs", "keep"]).stdout).contains("before"),
     );
 
+    // An exec session open when the agent dies: its process does not outlive the agent.
+    let mut session = bottle_cmd(&agent, &["exec", "keep", "--", "sleep", "5555"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the exec'd sleep", Duration::from_secs(30), || {
+        !pids_with("sleep 5555").is_empty()
+    });
+
     agent.kill9();
     wait_child(&mut fg, &agent);
+    wait_child(&mut session, &agent);
+    wait_for(
+        "the exec'd process to die with the agent",
+        Duration::from_secs(30),
+        || pids_with("sleep 5555").is_empty(),
+    );
     agent.spawn();
 
     // Still running, and exec works in it.
     assert_eq!(ls_state(&agent, "keep"), "running", "{}", agent.log());
     let out = bottle_with_input(&agent, &["exec", "keep", "--", "hostname"], vec![]);
     assert_eq!(text(&out.stdout), "keep\n", "{out:?}\n{}", agent.log());
+    let out = bottle_with_input(
+        &agent,
+        &["exec", "gone", "--", "sh", "-c", "echo > /tmp/go"],
+        vec![],
+    );
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the --rm bottle to go", Duration::from_secs(60), || {
+        !agent.ok(&["ls"]).contains("gone")
+    });
     // `stop` works on a re-adopted workload.
     assert_eq!(ls_state(&agent, "keep2"), "running");
     agent.ok(&["stop", "--time", "1", "keep2"]);

@@ -334,10 +334,12 @@ pub struct RunLimits {
     pub cpus: Option<f64>,
 }
 
-/// `POST /v1/run`: create a bottle, run one non-interactive workload in it, stream its output.
+/// `POST /v1/run`: create a bottle, run one workload in it, stream its output.
 ///
-/// The response (200) is a stream of [`RunFrame`]s ending with [`RunFrame::Exit`]; errors
-/// before the workload starts are ordinary JSON errors.
+/// With the upgrade of [`crate::stream`] the connection carries input too (stdin, and with
+/// `tty` a terminal). Without it the response (200) is a stream of [`RunFrame`]s ending with
+/// [`RunFrame::Exit`] and stdin is empty. Errors before the workload starts are ordinary JSON
+/// errors (`command_not_found` when the command is not in the image).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {

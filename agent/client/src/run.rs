@@ -168,23 +168,51 @@ async fn interactive(
         }
         Err(e) => return Err(e.into()),
     };
+    // The signals that end the session are caught before the terminal goes raw, so none
+    // can kill us with the terminal left raw.
+    let signals = Signals::install()?;
     // Raw only once the process runs, so errors before it print normally; restored when
     // this guard drops, whichever way the session ends.
     let raw = match terminal {
         Terminal::Tty => Some(term::RawMode::enter()?),
         Terminal::Pipes => None,
     };
-    let result = session(upgraded, terminal).await;
+    let result = session(upgraded, terminal, signals).await;
     drop(raw);
     result
+}
+
+/// SIGWINCH, and the signals that end a session (with the shell's `128 + n`).
+struct Signals {
+    winch: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            winch: signal(SignalKind::window_change())?,
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
 }
 
 /// Bytes of stdin per frame.
 const STDIN_CHUNK: usize = 32 * 1024;
 
-async fn session(upgraded: hyper::upgrade::Upgraded, terminal: Terminal) -> Result<i32, RunError> {
+async fn session(
+    upgraded: hyper::upgrade::Upgraded,
+    terminal: Terminal,
+    mut signals: Signals,
+) -> Result<i32, RunError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::signal::unix::{signal, SignalKind};
 
     let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
     let (tx, mut frames) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
@@ -220,10 +248,6 @@ async fn session(upgraded: hyper::upgrade::Upgraded, terminal: Terminal) -> Resu
                 }
             }
         });
-    let mut winch = signal(SignalKind::window_change())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let mut decoder = RunFrameDecoder::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut stdout = std::io::stdout();
@@ -268,16 +292,17 @@ async fn session(upgraded: hyper::upgrade::Upgraded, terminal: Terminal) -> Resu
                     break Ok(code);
                 }
             }
-            _ = winch.recv(), if terminal == Terminal::Tty => {
+            _ = signals.winch.recv(), if terminal == Terminal::Tty => {
                 if let Some(size) = term::size(std::io::stdin().as_fd()) {
                     let _ = tx.send(InputFrame::Resize(size).encode()).await;
                 }
             }
             // Leaving closes the connection, which stops a foreground workload (a detached
             // one is not attached here).
-            _ = int.recv() => break Ok(130),
-            _ = term.recv() => break Ok(143),
-            _ = hup.recv() => break Ok(129),
+            _ = signals.int.recv() => break Ok(130),
+            _ = signals.term.recv() => break Ok(143),
+            _ = signals.hup.recv() => break Ok(129),
+            _ = signals.quit.recv() => break Ok(131),
         }
     };
     writer.abort();

@@ -495,3 +495,36 @@ async fn route(
         _ => Err(no_such_endpoint(method, path)),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(Method::POST).uri("/v1/run");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_stream_needs_both_upgrade_headers() {
+        let proto = bottle_api::STREAM_PROTOCOL;
+        assert!(wants_stream(&req(&[
+            ("connection", "Upgrade"),
+            ("upgrade", proto)
+        ])));
+        assert!(wants_stream(&req(&[
+            ("connection", "keep-alive, upgrade"),
+            ("upgrade", proto)
+        ])));
+        assert!(!wants_stream(&req(&[("upgrade", proto)])));
+        assert!(!wants_stream(&req(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket")
+        ])));
+        assert!(!wants_stream(&req(&[])));
+    }
+}

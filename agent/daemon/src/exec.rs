@@ -9,6 +9,7 @@
 use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bottle_api::{ApiError, ErrorCode, ExecRequest, RunFrame};
@@ -81,12 +82,31 @@ fn container_process(config: &std::path::Path) -> Result<(ExecUser, Vec<String>)
         })
         .unwrap_or_default();
     let cwd = p["cwd"].as_str().unwrap_or("/").to_owned();
+    let rlimits = p["rlimits"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| {
+                    Some((
+                        r["type"].as_str()?.to_owned(),
+                        r["soft"].as_u64()?,
+                        r["hard"].as_u64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let oom_score_adj = p["oomScoreAdj"]
+        .as_i64()
+        .and_then(|n| i32::try_from(n).ok());
     Ok((
         ExecUser {
             uid,
             gid,
             additional_gids,
             cwd,
+            rlimits,
+            oom_score_adj,
         },
         env,
     ))
@@ -174,8 +194,19 @@ fn start_blocking(
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
     }
-    let mut child = match nsexec::spawn(cmd, state.pid, &user, tty) {
-        Ok(c) => c,
+    // The forking thread becomes the process's supervisor once we hand it the readers.
+    let (setup_tx, setup_rx) =
+        std::sync::mpsc::channel::<(Vec<JoinHandle<()>>, mpsc::Sender<Msg>)>();
+    let name = bottle.to_owned();
+    let supervise_it = move |mut child: Child| match setup_rx.recv() {
+        Ok((readers, tx)) => supervise(name, child, readers, tx),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    };
+    let io = match nsexec::spawn(cmd, state.pid, &user, tty, supervise_it) {
+        Ok(io) => io,
         Err(NsExecError::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::new(
                 ErrorCode::CommandNotFound,
@@ -188,36 +219,37 @@ fn start_blocking(
         Err(NsExecError::Spawn(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             return Err(ApiError::new(
                 ErrorCode::CommandNotFound,
-                format!("command {:?} is not executable in bottle {bottle:?}", req.args[0]),
+                format!(
+                    "command {:?} is not executable in bottle {bottle:?}",
+                    req.args[0]
+                ),
             ))
         }
         Err(e) => return Err(internal(e.to_string())),
     };
-    if let Some(stdin) = child.stdin.take() {
+    if let Some(stdin) = io.stdin {
         input.stdin = Some(std::fs::File::from(std::os::fd::OwnedFd::from(stdin)));
     }
-    if let Some(out) = child.stdout.take() {
+    if let Some(out) = io.stdout {
         outputs.push((
             std::fs::File::from(std::os::fd::OwnedFd::from(out)),
             RunFrame::Stdout,
         ));
     }
-    if let Some(err) = child.stderr.take() {
+    if let Some(err) = io.stderr {
         outputs.push((
             std::fs::File::from(std::os::fd::OwnedFd::from(err)),
             RunFrame::Stderr,
         ));
     }
-    info!(bottle, pid = child.id(), tty, "exec started");
+    info!(bottle, pid = io.pid, tty, "exec started");
     let readers: Vec<_> = outputs
         .into_iter()
         .map(|(f, frame)| reader(f, Some(tx.clone()), None, frame))
         .collect();
-    let bottle = bottle.to_owned();
-    std::thread::Builder::new()
-        .name(format!("exec-{id}"))
-        .spawn(move || supervise(bottle, child, readers, tx))
-        .map_err(|e| internal(format!("cannot start the exec waiter: {e}")))?;
+    // If the supervisor is gone already (cannot happen short of a bug), the readers still end
+    // with the process.
+    let _ = setup_tx.send((readers, tx));
     Ok(Session { rx, input })
 }
 

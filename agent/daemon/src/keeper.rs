@@ -56,13 +56,35 @@ pub fn read_exit(dir: &Path) -> Option<i32> {
         .ok()
 }
 
+/// The keeper's pid, as the agent recorded it in the bundle's mark file.
+pub fn pid(dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(dir.join(MARK_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&p| p > 0)
+}
+
+/// Whether `pid` still is the keeper of the bundle `dir` (not a reused pid).
+pub fn alive(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|&b| b == 0);
+    let _exe = args.next();
+    args.next() == Some(b"keep".as_slice())
+        && args.next() == Some(dir.as_os_str().as_encoded_bytes())
+}
+
 /// `bottle-agent keep …`: runs until the workload has exited. Errors go to stderr (the
 /// agent's log while the agent lives).
 pub fn main(args: &[OsString]) -> ExitCode {
     match keep(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bottle-agent keep: {e}");
+            // Not eprintln: a closed stderr (the agent's log pipe gone) must not panic us.
+            let _ = writeln!(std::io::stderr(), "bottle-agent keep: {e}");
             ExitCode::from(1)
         }
     }
@@ -159,4 +181,46 @@ fn keep(args: &[OsString]) -> Result<(), String> {
     std::fs::write(&tmp, format!("{code}\n"))
         .and_then(|()| std::fs::rename(&tmp, dir.join(EXIT_FILE)))
         .map_err(|e| format!("recording the exit status in {}: {e}", dir.display()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_file_and_the_mark_are_read_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_exit(dir.path()), None);
+        std::fs::write(dir.path().join(EXIT_FILE), "42\n").unwrap();
+        assert_eq!(read_exit(dir.path()), Some(42));
+        std::fs::write(dir.path().join(EXIT_FILE), "4x\n").unwrap();
+        assert_eq!(read_exit(dir.path()), None);
+        assert_eq!(pid(dir.path()), None);
+        std::fs::write(dir.path().join(MARK_FILE), "0\n").unwrap();
+        assert_eq!(pid(dir.path()), None);
+        std::fs::write(dir.path().join(MARK_FILE), "1234\n").unwrap();
+        assert_eq!(pid(dir.path()), Some(1234));
+    }
+
+    #[test]
+    fn a_pid_is_a_keeper_only_if_its_command_line_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        // This test process is not a keeper of anything.
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert!(!alive(me, dir.path()));
+        assert!(!alive(i32::MAX, dir.path()));
+    }
+
+    #[test]
+    fn args_put_the_runtime_after_the_separator() {
+        let a = args(
+            Path::new("/b"),
+            Path::new("/l"),
+            8,
+            vec!["runc".into(), "create".into()],
+        );
+        let a: Vec<&str> = a.iter().map(|s| s.to_str().unwrap()).collect();
+        assert_eq!(a, ["keep", "/b", "/l", "8", "--", "runc", "create"]);
+    }
 }

@@ -342,6 +342,20 @@ async fn launch(
             (_, false) => WorkloadIo::Output,
         },
     };
+    // Recorded before the launch: an agent that dies halfway leaves a record its successor
+    // finds (and cleans up after, see `readopt`), never an unrecorded container.
+    let record = WorkloadRecord {
+        image: req.image.clone(),
+        exit_code: None,
+    };
+    let recorded =
+        manager
+            .lock()
+            .await
+            .record_workload_with(&info.name, &info.id, record, req.agent.clone());
+    if let Err(e) = recorded {
+        warn!(bottle = %info.name, error = %e, "cannot record the workload");
+    }
     let launched = tokio::task::spawn_blocking(move || launch::start(params)).await;
     let started = match launched {
         Ok(Ok(s)) => s,
@@ -371,18 +385,6 @@ async fn launch(
         }
     };
     info!(bottle = %info.name, id = %info.id, pid = started.pid, detach = req.detach, "workload started");
-    let record = WorkloadRecord {
-        image: req.image.clone(),
-        exit_code: None,
-    };
-    let recorded =
-        manager
-            .lock()
-            .await
-            .record_workload_with(&info.name, &info.id, record, req.agent.clone());
-    if let Err(e) = recorded {
-        warn!(bottle = %info.name, error = %e, "cannot record the workload");
-    }
 
     if req.detach && req.remove {
         // So that a restarted agent still removes the bottle when the workload ends.
@@ -478,7 +480,6 @@ pub async fn readopt(manager: Arc<Mutex<Manager>>) {
             continue;
         }
         let dir = launch::bundle_dir(&run_dir, &b.id);
-        let kept = dir.join(crate::keeper::MARK_FILE).exists();
         let container = match Runc::new(launch::runtime(), &launch::runc_root(&run_dir))
             .and_then(|r| r.container(&b.id))
         {
@@ -488,6 +489,22 @@ pub async fn readopt(manager: Arc<Mutex<Manager>>) {
                 continue;
             }
         };
+        // A keeper's workload that was started; one the old agent never got to `runc start`
+        // (it died mid-launch) is stopped and cleaned up like a foreground one.
+        let started = {
+            let c = container.clone();
+            tokio::task::spawn_blocking(move || c.state())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .is_some_and(|st| {
+                    matches!(
+                        st.status,
+                        Status::Running | Status::Paused | Status::Stopped
+                    )
+                })
+        };
+        let kept = dir.join(crate::keeper::MARK_FILE).exists() && started;
         let (done, done_rx) = watch::channel(());
         running().insert(b.id.clone(), done_rx);
         let job = Job {
@@ -682,12 +699,18 @@ impl Job {
                         return crate::keeper::read_exit(&dir);
                     }
                 }
+                // Re-adopted: the keeper is someone else's child now; watch it by its pid
+                // (checked to still be this bundle's keeper), else by runc's state.
                 None => {
-                    match self.container.state() {
-                        Ok(st) if st.status != Status::Stopped => lost = 0,
-                        _ => lost += 1,
-                    }
-                    if lost >= 4 {
+                    let alive = match crate::keeper::pid(&dir) {
+                        Some(pid) => crate::keeper::alive(pid, &dir),
+                        None => self
+                            .container
+                            .state()
+                            .is_ok_and(|st| st.status != Status::Stopped),
+                    };
+                    lost = if alive { 0 } else { lost + 1 };
+                    if lost >= 2 {
                         return crate::keeper::read_exit(&dir);
                     }
                 }
@@ -699,6 +722,11 @@ impl Job {
     /// A foreground workload that outlived its agent: killed, and reported as such.
     fn wait_orphan(&self) -> Option<i32> {
         warn!(bottle = %self.name, "a foreground workload outlived its client and agent; stopping it");
+        if self.container.state().is_err() {
+            // Never created (the old agent died mid-launch) or already gone: nothing ran
+            // that we know an end of.
+            return None;
+        }
         for _ in 0..20 {
             if let Err(e) = self.container.kill(Signal::SIGKILL, true) {
                 debug!(bottle = %self.name, error = %e, "kill");

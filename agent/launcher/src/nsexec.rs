@@ -9,15 +9,17 @@
 //!
 //! The process gets what runc gives the container's own process, so an exec'd command is no
 //! more privileged than the workload:
-//! - the pid namespace: `setns` on a short-lived thread that then forks, so the child is born
+//! - the pid namespace: `setns` on a dedicated thread that then forks, so the child is born
 //!   inside it (a process cannot change its own pid namespace); it dies with the container's
-//!   init like every other process there;
+//!   init like every other process there, and (parent-death signal) with that thread, so
+//!   with the agent;
 //! - the cgroups (every hierarchy of `/proc/<init>/cgroup`, cgroup v1, v2 or hybrid): the child
 //!   writes itself into each `cgroup.procs` before anything else, so the container's limits
 //!   hold from the start;
 //! - net, ipc, uts, cgroup and mount namespaces, then the user namespace;
 //! - the container's uid, gid and supplementary groups; an empty capability bounding, ambient,
-//!   permitted and effective set; `PR_SET_NO_NEW_PRIVS`; the container's working directory;
+//!   permitted and effective set; `PR_SET_NO_NEW_PRIVS`; the container's working directory,
+//!   rlimits and `oom_score_adj`;
 //! - the workload's seccomp deny-list ([`crate::seccomp::DENIED`]), compiled to classic BPF by
 //!   `seccompiler` (rust-vmm) and loaded last, just before `execve` (it denies `setns`). Unlike
 //!   runc's libseccomp filter it allows only the native architecture's syscall ABI: a 32-bit
@@ -56,7 +58,7 @@ pub enum NsExecError {
     Seccomp(String),
     #[error("starting the process in the container: {0}")]
     Spawn(#[source] io::Error),
-    #[error("the container's user {0:?} or working directory is not usable (contains NUL)")]
+    #[error("the container's process setting {0:?} is not usable here")]
     BadSpec(String),
 }
 
@@ -76,6 +78,33 @@ pub struct ExecUser {
     pub gid: u32,
     pub additional_gids: Vec<u32>,
     pub cwd: String,
+    /// The container process's rlimits, by `RLIMIT_*` name: `(name, soft, hard)`.
+    pub rlimits: Vec<(String, u64, u64)>,
+    /// The container process's `oom_score_adj`.
+    pub oom_score_adj: Option<i32>,
+}
+
+/// The resource of an OCI `RLIMIT_*` name.
+fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        _ => return None,
+    })
 }
 
 /// Everything the child needs after `fork`, prepared before it.
@@ -85,7 +114,9 @@ struct Plan {
     user_ns: OwnedFd,
     pid_ns: OwnedFd,
     cgroup_procs: Vec<CString>,
-    oom_score_adj: CString,
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    oom_path: CString,
+    oom_score_adj: Option<Vec<u8>>,
     uid: libc::uid_t,
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
@@ -95,9 +126,32 @@ struct Plan {
     tty: bool,
 }
 
-/// Spawns `cmd` inside the container whose init is `init_pid`. `cmd` carries the program,
-/// arguments, environment and stdio; this adds the joining. Blocks only for the spawn.
-pub fn spawn(mut cmd: Command, init_pid: i32, user: &ExecUser, tty: bool) -> Result<Child> {
+/// The standard streams of a process started by [`spawn`] (those set to `Stdio::piped()`).
+#[derive(Debug)]
+pub struct ChildIo {
+    pub pid: u32,
+    pub stdin: Option<std::process::ChildStdin>,
+    pub stdout: Option<std::process::ChildStdout>,
+    pub stderr: Option<std::process::ChildStderr>,
+}
+
+/// Spawns `cmd` inside the container whose init is `init_pid` and returns its pipes. `cmd`
+/// carries the program, arguments, environment and stdio; this adds the joining.
+///
+/// The pid namespace can only be entered by the thread that forks, and the child's
+/// parent-death signal (SIGKILL: an exec'd process does not outlive the agent) fires when that
+/// thread ends. So a new thread forks and then runs `supervise` with the child (waiting for
+/// it, typically); it ends when `supervise` returns, and runs nothing else.
+pub fn spawn<F>(
+    mut cmd: Command,
+    init_pid: i32,
+    user: &ExecUser,
+    tty: bool,
+    supervise: F,
+) -> Result<ChildIo>
+where
+    F: FnOnce(Child) + Send + 'static,
+{
     let plan = Arc::new(prepare(init_pid, user, tty)?);
     let in_child = plan.clone();
     // SAFETY: the closure runs between fork and exec in the single-threaded child and only
@@ -105,20 +159,36 @@ pub fn spawn(mut cmd: Command, init_pid: i32, user: &ExecUser, tty: bool) -> Res
     unsafe {
         cmd.pre_exec(move || join(&in_child));
     }
-    // The pid namespace is entered by the thread that forks: on a thread of its own, which
-    // ends right after, so no other work ever runs with it.
-    let forker = std::thread::Builder::new()
-        .name("exec-fork".into())
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("exec".into())
         .spawn(move || {
             // SAFETY: setns on a descriptor we own; CLONE_NEWPID changes only which pid
             // namespace this thread's future children are born in.
             if unsafe { libc::setns(plan.pid_ns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
-                return Err(io::Error::last_os_error());
+                let _ = tx.send(Err(io::Error::last_os_error()));
+                return;
             }
-            cmd.spawn()
+            drop(plan);
+            match cmd.spawn() {
+                Ok(mut child) => {
+                    let io = ChildIo {
+                        pid: child.id(),
+                        stdin: child.stdin.take(),
+                        stdout: child.stdout.take(),
+                        stderr: child.stderr.take(),
+                    };
+                    drop(cmd);
+                    let _ = tx.send(Ok(io));
+                    supervise(child);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
         })
         .map_err(NsExecError::Spawn)?;
-    match forker.join() {
+    match rx.recv() {
         Ok(r) => r.map_err(NsExecError::Spawn),
         Err(_) => Err(NsExecError::Spawn(io::Error::other(
             "the forking thread died",
@@ -153,7 +223,22 @@ fn prepare(init_pid: i32, user: &ExecUser, tty: bool) -> Result<Plan> {
         user_ns: open_ns("user")?,
         pid_ns: open_ns("pid")?,
         cgroup_procs,
-        oom_score_adj: CString::new("/proc/self/oom_score_adj").map_err(|_| bad("oom"))?,
+        rlimits: user
+            .rlimits
+            .iter()
+            .map(|(name, soft, hard)| {
+                let r = rlimit_resource(name).ok_or_else(|| bad(name))?;
+                Ok((
+                    r,
+                    libc::rlimit {
+                        rlim_cur: *soft,
+                        rlim_max: *hard,
+                    },
+                ))
+            })
+            .collect::<Result<_>>()?,
+        oom_path: CString::new("/proc/self/oom_score_adj").map_err(|_| bad("oom"))?,
+        oom_score_adj: user.oom_score_adj.map(|n| n.to_string().into_bytes()),
         uid: user.uid,
         gid: user.gid,
         groups: user.additional_gids.clone(),
@@ -344,8 +429,15 @@ fn join(plan: &Plan) -> io::Result<()> {
     for procs in &plan.cgroup_procs {
         write_file(procs, b"0")?;
     }
-    // The workload's OOM preference (see the bundle); best effort.
-    let _ = write_file(&plan.oom_score_adj, b"500");
+    // The workload's OOM preference and rlimits, set as host root (raising a hard limit
+    // needs privilege in the initial user namespace).
+    if let Some(adj) = &plan.oom_score_adj {
+        write_file(&plan.oom_path, adj)?;
+    }
+    for (resource, limit) in &plan.rlimits {
+        // SAFETY: setrlimit reads one rlimit from memory owned by the plan.
+        check(unsafe { libc::setrlimit(*resource, limit) })?;
+    }
     for (fd, flag) in &plan.namespaces {
         // SAFETY: setns on a descriptor owned by the plan, which outlives this call.
         check(unsafe { libc::setns(fd.as_raw_fd(), *flag) })?;
@@ -377,6 +469,11 @@ fn join(plan: &Plan) -> io::Result<()> {
     }
     // SAFETY: plain syscall without pointers.
     check(unsafe { libc::setresuid(plan.uid, plan.uid, plan.uid) })?;
+    // After the uid change, which clears it: killed when the forking thread (the agent's
+    // supervisor of this process) ends, so an agent crash does not leave it running. A crash
+    // between the fork and this line is not covered.
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
     // Permitted, effective and inheritable sets to nothing (a uid 0 user keeps them across
     // setresuid), ambient too.
     let mut header = CapHeader {
