@@ -15,6 +15,7 @@ use bottle_tests::*;
 
 const CLAUDE_SLOT: u8 = 51;
 const CODEX_SLOT: u8 = 52;
+const BUILD_SLOT: u8 = 53;
 const API_HOSTS: &[&str] = &["api.anthropic.com", "api.openai.com", "chatgpt.com"];
 
 /// The real claude token; must reach the upstream and nothing inside the bottle.
@@ -464,4 +465,96 @@ fn privileged_codex_agent_gets_a_dummy_login_and_the_real_token_upstream() {
         "[]",
         "--rm left the bottle"
     );
+}
+
+/// Removes a podman image when the test ends, however it ends.
+struct PodmanImage(String);
+
+impl Drop for PodmanImage {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rmi", "--force", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn privileged_bottle_dockerfile_is_built_with_podman_and_run() {
+    if !privileged("privileged_bottle_dockerfile_is_built_with_podman_and_run") {
+        return;
+    }
+    assert!(
+        Path::new("/usr/bin/podman").is_file(),
+        "podman missing: cargo xtask deps installs it"
+    );
+    let agent = Agent::start(BUILD_SLOT, "");
+    let scratch = tempfile::tempdir().unwrap();
+    let home = scratch.path().join("bot-bottle");
+    // An image built FROM scratch (no registry): busybox as /bin/sh, a user, and a `claude`
+    // that says which image it runs in.
+    let context = home.join("bottles/image");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::copy("/bin/busybox", context.join("busybox")).unwrap();
+    write(
+        &context.join("claude"),
+        "#!/bin/sh\necho \"built-image claude $*\"\n",
+    );
+    write(
+        &context.join("passwd"),
+        "root:x:0:0::/root:/bin/sh\nagent:x:1000:1000::/home/agent:/bin/sh\n",
+    );
+    write(&context.join("group"), "root:x:0:\nagent:x:1000:\n");
+    write(
+        &context.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\n\
+         COPY passwd /etc/passwd\nCOPY group /etc/group\nCOPY claude /usr/local/bin/claude\n\
+         ENV PATH=/usr/local/bin:/bin\nUSER 1000:1000\n",
+    );
+    std::fs::set_permissions(
+        context.join("claude"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    write(
+        &home.join("bottles/built.md"),
+        "---\nagent_provider:\n  template: claude\n  dockerfile: image/Dockerfile\n---\n",
+    );
+    write(&home.join("agents/builder.md"), "---\nbottle: built\n---\n");
+
+    // The client finds podman on its PATH, builds, the agent imports; then the agent runs.
+    let socket = agent.socket();
+    let run = Command::new(bin_dir().join("bottle"))
+        .args(["run", "builder", "-y", "--rm"])
+        .env("BOTTLE_HOME", &home)
+        .env(bottle_api::HOST_ENV, &socket)
+        .current_dir(&home)
+        .output()
+        .unwrap();
+    let images: Vec<bottle_api::images::ImageInfo> =
+        serde_json::from_str(&agent.ok(&["images", "ls", "--json"])).unwrap();
+    let built = images
+        .iter()
+        .flat_map(|i| i.names.iter())
+        .find(|n| n.starts_with("bottle-built-"))
+        .cloned();
+    let _cleanup = built.clone().map(PodmanImage);
+    let err = text(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{run:?}\n{}", agent.log());
+    assert!(err.contains("building it"), "{err}");
+    assert!(built.is_some(), "{images:?}");
+    assert_eq!(
+        text(&run.stdout).trim(),
+        "built-image claude --dangerously-skip-permissions",
+        "{run:?}"
+    );
+    // Built once: the next run finds it in the cache.
+    let again = Command::new(bin_dir().join("bottle"))
+        .args(["run", "builder", "-y", "--rm"])
+        .env("BOTTLE_HOME", &home)
+        .env(bottle_api::HOST_ENV, &socket)
+        .current_dir(&home)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+    assert!(!text(&again.stderr).contains("building it"), "{again:?}");
 }

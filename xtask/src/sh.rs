@@ -29,6 +29,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/sshd", "openssh-server"),
     ("/usr/bin/ssh-keygen", "openssh-client"),
     ("/usr/bin/git", "git"),
+    // `bottle images build` / `run AGENT` with a Dockerfile: a real builder (FROM scratch,
+    // so no registry is involved).
+    ("/usr/bin/podman", "podman"),
 ];
 
 /// Debian packages only `cargo xtask bench proxy` needs (never installed by `deps` or `test`).

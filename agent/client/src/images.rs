@@ -269,7 +269,9 @@ pub async fn build(
         eprintln!("bottle: {} {}", program.display(), args.join(" "));
         let status = tokio::process::Command::from({
             let mut c = Command::new(&program);
-            c.args(&args);
+            // The builder's progress goes to stderr: stdout is the workload's.
+            c.args(&args)
+                .stdout(std::process::Stdio::from(std::io::stderr()));
             c
         })
         .status()
