@@ -332,8 +332,8 @@ fn privileged_claude_agent_runs_with_placeholders_and_resumes() {
     );
 
     // rm takes the home with the bottle.
-    agent.ok(&["rm", "rv"]);
-    agent.ok(&["rm", "plain"]);
+    agent.ok(&["rm", "-f", "rv"]);
+    agent.ok(&["rm", "-f", "plain"]);
     assert!(!home_contents(&agent).contains("Review the diff"));
 }
 

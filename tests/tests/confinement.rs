@@ -92,5 +92,5 @@ fn privileged_workload_sees_only_itself_and_reaches_only_the_gateway() {
     let stats = agent.stats("conf");
     assert!(stats.kernel.drops.not_gateway > 0, "{stats:?}");
     assert!(stats.kernel.drops.port_denied > 0, "{stats:?}");
-    agent.ok(&["rm", "conf"]);
+    agent.ok(&["rm", "-f", "conf"]);
 }

@@ -565,7 +565,7 @@ fn privileged_exec_runs_inside_the_workload() {
             .all(|l| l.ends_with(&format!("/bottle/{id}"))),
         "{cgroup}"
     );
-    agent.ok(&["rm", "ex"]);
+    agent.ok(&["rm", "-f", "ex"]);
     wait_for("the exec'd sleep to die", Duration::from_secs(30), || {
         pids_with("sleep 4321").is_empty()
     });
@@ -575,7 +575,7 @@ fn privileged_exec_runs_inside_the_workload() {
     let out = bottle_with_input(&agent, &["exec", "idle", "--", "true"], vec![]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(text(&out.stderr).contains("no running workload"), "{out:?}");
-    agent.ok(&["rm", "idle"]);
+    agent.ok(&["rm", "-f", "idle"]);
     assert_nothing_left(&agent);
 }
 
@@ -681,7 +681,7 @@ fn privileged_agent_restart_keeps_a_detached_workload_running() {
     let state = ls_state(&agent, "keep2");
     assert!(state == "exited(143)" || state == "exited(137)", "{state}");
     assert!(pids_with("sleep 8888").is_empty());
-    agent.ok(&["rm", "keep2"]);
+    agent.ok(&["rm", "-f", "keep2"]);
     // The foreground one is stopped and recorded as killed.
     wait_for(
         "the orphaned foreground run to be stopped",
@@ -710,7 +710,7 @@ fn privileged_agent_restart_keeps_a_detached_workload_running() {
         entries(&run_dir(&agent).join("rootfs")),
         Vec::<String>::new()
     );
-    agent.ok(&["rm", "keep"]);
-    agent.ok(&["rm", "fg"]);
+    agent.ok(&["rm", "-f", "keep"]);
+    agent.ok(&["rm", "-f", "fg"]);
     assert_nothing_left(&agent);
 }

@@ -246,7 +246,14 @@ fn privileged_rm_stops_a_running_workload_and_oom_is_reported() {
         .recv_timeout(Duration::from_secs(60))
         .unwrap_or_else(|_| panic!("workload did not start:\n{}", agent.log()));
     assert_eq!(first, "up");
-    agent.ok(&["rm", "longrun"]);
+    // Without -f a running workload is not removed, and the refusal says what to do.
+    let refused = agent.bottle(&["rm", "longrun"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("bottle rm -f longrun"),
+        "{refused:?}"
+    );
+    agent.ok(&["rm", "-f", "longrun"]);
     let mut status = None;
     wait_for("the run to end after rm", Duration::from_secs(30), || {
         status = child.try_wait().unwrap();
@@ -374,7 +381,7 @@ fn privileged_detached_run_logs_stop_and_capped_log() {
     assert_eq!(text(&out.stdout), "hello\n");
     // Stopping again is harmless.
     agent.ok(&["stop", "bg2"]);
-    agent.ok(&["rm", "bg2"]);
+    agent.ok(&["rm", "-f", "bg2"]);
     assert!(!agent.state_dir().join(&id).exists());
     assert_nothing_left(&agent);
 
@@ -400,7 +407,7 @@ fn privileged_detached_run_logs_stop_and_capped_log() {
         "{logged}"
     );
     assert!(ls_line(&agent, "fg").contains("exited(3)"));
-    agent.ok(&["rm", "fg"]);
+    agent.ok(&["rm", "-f", "fg"]);
     assert_nothing_left(&agent);
 
     // Much more output than the cap: at most the cap on disk, plus one rotated generation.
@@ -437,7 +444,7 @@ fn privileged_detached_run_logs_stop_and_capped_log() {
     assert!(std::fs::read(dir.join("workload.log"))
         .unwrap()
         .ends_with(b"done\n"));
-    agent.ok(&["rm", "big"]);
+    agent.ok(&["rm", "-f", "big"]);
     assert!(!dir.exists());
     assert_nothing_left(&agent);
 }

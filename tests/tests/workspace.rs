@@ -321,7 +321,7 @@ fn privileged_freeze_pauses_the_workload_and_ls_shows_its_use() {
 
     // A frozen bottle can still be removed, workload and all.
     agent.ok(&["freeze", "icy"]);
-    agent.ok(&["rm", "icy"]);
+    agent.ok(&["rm", "-f", "icy"]);
     assert!(bottles(&agent).is_empty());
     let runc_dir = agent.dir.path().join("run/runc");
     assert_eq!(

@@ -240,7 +240,12 @@ enum Command {
         json: bool,
     },
     /// Remove a bottle and everything it holds.
-    Rm { name: String },
+    Rm {
+        name: String,
+        /// Also when its workload is running (it is killed first).
+        #[arg(short, long)]
+        force: bool,
+    },
     /// Traffic counters: totals, drops by reason; rates with --watch.
     Stats {
         name: Option<String>,
@@ -697,7 +702,19 @@ async fn run(cli: Cli) -> Result<Option<i32>, CliError> {
                 print!("{}", output::inspect(&info));
             }
         }
-        Command::Rm { name } => {
+        Command::Rm { name, force } => {
+            if !force {
+                let info: BottleInfo = client.get(&format!("/v1/bottles/{name}")).await?;
+                let running = info
+                    .workload
+                    .as_ref()
+                    .is_some_and(|w| w.status == bottle_api::WorkloadStatus::Running);
+                if running {
+                    return Err(CliError::Env(format!(
+                        "{name}'s workload is running: `bottle stop {name}` first, or `bottle rm -f {name}`"
+                    )));
+                }
+            }
             client
                 .call_empty(Method::DELETE, &format!("/v1/bottles/{name}"))
                 .await?;
