@@ -1,8 +1,10 @@
 //! The demo: a bottle whose only way out is the agent's egress proxy. From inside it, an
 //! HTTPS request to an allowed host succeeds with a credential the bottle never held; a
 //! host outside the policy does not even resolve; a direct connection is dropped by the
-//! kernel; a leaked key is stopped by DLP. The "internet" is a namespace the demo makes,
-//! running our test upstream, so nothing leaves this machine.
+//! kernel; a leaked key is stopped by DLP. Then a bot-bottle manifest agent (the test image's
+//! stand-in `claude`) runs with a placeholder while its API sees the real token. The
+//! "internet" is a namespace the demo makes, running our test upstream, so nothing leaves this
+//! machine.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -90,6 +92,7 @@ impl DemoInternet {
             &bin.join("bottle-test-ca").display().to_string(),
             &dir,
             "api.example.com",
+            "api.anthropic.com",
         ])?;
         let mut child = Command::new("ip")
             .args(["netns", "exec", net.netns])
@@ -97,6 +100,9 @@ impl DemoInternet {
             .args(["--listen", "10.213.250.2:443", "--tls"])
             .arg(net.dir.join("api.example.com.pem"))
             .arg(net.dir.join("api.example.com.key"))
+            .arg("--tls")
+            .arg(net.dir.join("api.anthropic.com.pem"))
+            .arg(net.dir.join("api.anthropic.com.key"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -167,7 +173,11 @@ pub fn run() -> Result<()> {
     let agent = PrivateAgent::start(
         "demo",
         "10.213.240.0/24",
-        &format!("upstream_ca_files = [\"{}\"]", internet.ca().display()),
+        &format!(
+            "upstream_ca_files = [\"{}\"]\n[upstream_hosts]\n\"api.anthropic.com\" = \"{}:443\"",
+            internet.ca().display(),
+            DemoInternet::ADDR
+        ),
     )?;
     println!(
         "  agent pid {} on {}",
@@ -251,8 +261,14 @@ pub fn run() -> Result<()> {
     step("the audit log (no secret in it)");
     agent.client(&["logs", "--net", "demo"])?;
 
-    step("cleaning up");
     agent.client(&["rm", "demo"])?;
+
+    let agent_ok = manifest_agent(&agent)?;
+    if !agent_ok {
+        bail!("the manifest agent did not behave (see above)");
+    }
+
+    step("cleaning up");
     drop(agent);
     drop(internet);
     println!("  done: no namespace, veth, pin or state left");
@@ -281,4 +297,78 @@ impl PrivateAgent {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// The claude token of the demo's manifest; the stand-in agent must never see it.
+const CLAUDE_TOKEN_VAR: &str = "DEMO_CLAUDE_TOKEN";
+const CLAUDE_TOKEN: &str = "sk-ant-oat01-demo-real-4b7e19c2";
+
+/// Part two: a bot-bottle manifest agent. The test image's stand-in `claude` prints what it
+/// was given and calls api.anthropic.com (the stand-in internet, through `upstream_hosts`).
+fn manifest_agent(agent: &PrivateAgent) -> Result<bool> {
+    step("a bot-bottle manifest: a bottle with Claude Code and its token, an agent using it");
+    crate::images::run(false)?;
+    let image = crate::sh::target_dir()?.join("images/bottle-test");
+    let home = agent.dir.join("bot-bottle");
+    std::fs::create_dir_all(home.join("bottles"))?;
+    std::fs::create_dir_all(home.join("agents"))?;
+    let bottle = format!(
+        "---\nenv:\n  GREETING: hello\nagent_provider:\n  template: claude\n  auth_token: {CLAUDE_TOKEN_VAR}\n---\n"
+    );
+    let helper = "---\nbottle: dev\n---\nYou help with the demo.\n";
+    std::fs::write(home.join("bottles/dev.md"), &bottle)?;
+    std::fs::write(home.join("agents/helper.md"), helper)?;
+    println!("--- bottles/dev.md\n{bottle}--- agents/helper.md\n{helper}");
+    let home_s = home.display().to_string();
+    let env = [
+        ("BOTTLE_HOME", home_s.as_str()),
+        (CLAUDE_TOKEN_VAR, CLAUDE_TOKEN),
+    ];
+
+    step("bottle run helper --dry-run: the preflight summary");
+    print!(
+        "{}",
+        agent.client_env(&["run", "helper", "--dry-run"], &env)?
+    );
+
+    step("bottle run helper -y --rm: the stand-in claude, launched into a fresh bottle");
+    let image_s = image.display().to_string();
+    let out = agent.client_env(&["run", "helper", "-y", "--rm", "--image", &image_s], &env)?;
+    let mut shown = Vec::new();
+    for line in out.lines() {
+        let keep = line.starts_with("arg: ")
+            || line.starts_with("cwd: ")
+            || line.starts_with("env: CLAUDE_CODE_OAUTH_TOKEN=")
+            || line.starts_with("env: GREETING=")
+            || line.starts_with("env: HTTPS_PROXY=");
+        if keep {
+            shown.push(line.to_owned());
+        }
+    }
+    for line in &shown {
+        println!("    {line}");
+    }
+    let upstream = out
+        .lines()
+        .find_map(|l| l.strip_prefix("upstream: "))
+        .unwrap_or("");
+    let echo: serde_json::Value = serde_json::from_str(upstream).unwrap_or_default();
+    let seen = echo["headers"]["authorization"].as_str().unwrap_or("");
+    println!(
+        "  api.anthropic.com saw: Authorization: {}",
+        seen.replace(CLAUDE_TOKEN, "<the real token>")
+    );
+    let placeholder = shown
+        .iter()
+        .any(|l| l == "env: CLAUDE_CODE_OAUTH_TOKEN=egress-placeholder");
+    let inside_clean = !out
+        .lines()
+        .filter(|l| !l.starts_with("upstream: "))
+        .any(|l| l.contains(CLAUDE_TOKEN));
+    let injected = seen == format!("Bearer {CLAUDE_TOKEN}");
+    println!(
+        "  the bottle held only a placeholder: {}; the real token reached the API: {injected}",
+        placeholder && inside_clean
+    );
+    Ok(placeholder && inside_clean && injected)
 }
