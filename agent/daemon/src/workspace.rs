@@ -140,29 +140,36 @@ pub fn bottle_workspace(state_dir: &Path, id: &str) -> PathBuf {
     root(state_dir).join(id)
 }
 
-/// At agent start: `<state_dir>` and `workspaces/` traversable (0711), stale uploads
-/// removed, `uploads/` root-only.
+fn traversable(p: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(p)
+        .and_then(|()| fs::set_permissions(p, fs::Permissions::from_mode(0o711)))
+        .map_err(io_at(p))
+}
+
+/// At agent start: `<state_dir>` traversable (0711) and stale uploads removed. The
+/// directories themselves are made with the first upload.
 pub fn prepare(state_dir: &Path) -> Result<()> {
-    let traversable = |p: &Path| {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(p)
-            .and_then(|()| fs::set_permissions(p, fs::Permissions::from_mode(0o711)))
-            .map_err(io_at(p))
-    };
     traversable(state_dir)?;
-    traversable(&root(state_dir))?;
     let up = uploads(state_dir);
     match fs::remove_dir_all(&up) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_at(&up)(e)),
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(&up)(e)),
     }
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&up)
-        .map_err(io_at(&up))
+}
+
+/// `workspaces/` (0711) and `workspaces/uploads/` (0700).
+fn ensure_dirs(state_dir: &Path) -> Result<()> {
+    traversable(&root(state_dir))?;
+    let up = uploads(state_dir);
+    match fs::DirBuilder::new().mode(0o700).create(&up) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_at(&up)(e)),
+    }
 }
 
 fn new_id() -> String {
@@ -194,6 +201,7 @@ pub fn abandon(state_dir: &Path, id: &str) {
 
 /// Where an upload's archive is spooled (created 0600, root-only directory).
 pub fn spool_file(state_dir: &Path, id: &str) -> Result<(PathBuf, fs::File)> {
+    ensure_dirs(state_dir)?;
     let path = uploads(state_dir).join(format!("{id}.tar"));
     let f = fs::OpenOptions::new()
         .write(true)
