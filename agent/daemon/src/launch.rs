@@ -200,7 +200,9 @@ pub fn start(p: LaunchParams) -> Result<Started> {
 }
 
 fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Result<Started> {
+    let mut phases = Phases::new(&p.id);
     let rootfs = Rootfs::mount(&image.lower_dirs(), &rootfs_dir(&p.run_dir, &p.id))?;
+    phases.mark("overlay");
     let user = rootfs.resolve_user(image.config.user.as_deref())?;
     let id_map = IdMap::default();
     let (Some(host_uid), Some(host_gid)) = (id_map.host_uid(user.uid), id_map.host_gid(user.gid))
@@ -240,7 +242,9 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
+    phases.mark("user, mounts, workspace");
     env.extend(rootfs.install_ca(p.ca_pem.as_bytes())?);
+    phases.mark("ca");
     env.extend(proxy_env(p.gateway));
     env.push(format!("HOME={}", user.home.display()));
     for (k, v) in &p.env {
@@ -292,7 +296,9 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    phases.mark("mount points");
     crate::selfcheck::check(&netns_name, p.gateway, &rootfs.trust_bundle()?)?;
+    phases.mark("trust check");
     rootfs.chown_dirs(&[&spec.home], host_uid, host_gid)?;
     let oci = bundle::build(&spec)?;
     let bdir = bundle_dir(&p.run_dir, &p.id);
@@ -303,6 +309,7 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         .create(&parent)
         .map_err(io_at(&parent))?;
     bundle::write(&spec, &oci, &bdir)?;
+    phases.mark("bundle");
 
     // Pipes for the workload's output; the agent keeps only the read ends (the write ends
     // move into runc's child and are closed here once it has been spawned).
@@ -328,7 +335,10 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         .and_then(|s| s.trim().parse().ok())
         .filter(|&pid| pid > 0)
         .ok_or_else(|| LaunchError::Pid(pid_file.clone()))?;
+    phases.mark("runtime create");
     container.start()?;
+    phases.mark("runtime start");
+    phases.done();
     Ok(Started {
         container,
         pid,
@@ -351,6 +361,44 @@ pub fn proxy_env(gateway: std::net::Ipv4Addr) -> Vec<String> {
     v.push(format!("NO_PROXY={no_proxy}"));
     v.push(format!("no_proxy={no_proxy}"));
     v
+}
+
+/// Durations of the launch's steps, logged at debug level (where `bench launch` time goes).
+struct Phases<'a> {
+    id: &'a str,
+    last: std::time::Instant,
+    start: std::time::Instant,
+    steps: Vec<String>,
+}
+
+impl<'a> Phases<'a> {
+    fn new(id: &'a str) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            id,
+            last: now,
+            start: now,
+            steps: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &str) {
+        let now = std::time::Instant::now();
+        self.steps.push(format!(
+            "{step} {:.1}ms",
+            (now - self.last).as_secs_f64() * 1000.0
+        ));
+        self.last = now;
+    }
+
+    fn done(&self) {
+        tracing::debug!(
+            id = self.id,
+            total_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            steps = %self.steps.join(", "),
+            "launch phases"
+        );
+    }
 }
 
 fn pipe() -> Result<(File, File)> {
@@ -436,6 +484,7 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
     let _one = CLEANUP
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let begun = std::time::Instant::now();
     let mut failures = Vec::new();
     let root = runc_root(run_dir);
     // After the container is gone (below) nothing uses the pinned mounts; unpinning first is
@@ -455,6 +504,7 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
             Err(e) => failures.push(e.to_string()),
         }
     }
+    let deleted = std::time::Instant::now();
     failures.extend(crate::workspace::unpin_mounts(run_dir, id));
     if let Err(e) = rootfs::teardown(&rootfs_dir(run_dir, id)) {
         failures.push(e.to_string());
@@ -465,5 +515,11 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => failures.push(format!("remove {}: {e}", bdir.display())),
     }
+    tracing::debug!(
+        id,
+        runtime_delete_ms = (deleted - begun).as_secs_f64() * 1000.0,
+        rootfs_and_bundle_ms = deleted.elapsed().as_secs_f64() * 1000.0,
+        "workload cleaned up"
+    );
     failures
 }

@@ -149,7 +149,16 @@ pub fn run() -> Result<()> {
             .arg(podman_dir.join("storage"))
             .arg("--runroot")
             .arg(podman_dir.join("runroot"))
-            .args(["run", "--rm", "--network", "none", "--rootfs"])
+            .args(["run", "--rm", "--network", "none"])
+            // podman's default limits are above what conmon may set on some hosts (EPERM);
+            // these match the bottle's workload (nofile soft 1024).
+            .args([
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+            ])
+            .arg("--rootfs")
             .arg(&rootfs)
             .arg("true");
         c
@@ -173,7 +182,7 @@ pub fn run() -> Result<()> {
     };
     let mut podman = Series {
         name: "`podman run --rm --rootfs DIR --network none true`",
-        detail: "Debian podman, runtime runc, cgroupfs",
+        detail: "Debian podman 4.3, runtime runc, cgroupfs, nofile/nproc 1024",
         ms: Vec::new(),
     };
     let mut create = Vec::new();
