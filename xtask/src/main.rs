@@ -91,8 +91,14 @@ fn main() -> Result<()> {
 
 fn test(filter: Option<String>) -> Result<()> {
     sh::deps()?;
-    // Binaries first: the end-to-end tests drive them.
+    // Binaries first: the end-to-end tests drive them; some run the offline test image.
     sh::build_bins(false)?;
+    if !sh::target_dir()?
+        .join("images/bottle-test/index.json")
+        .exists()
+    {
+        images::run(false)?;
+    }
     let mut tally = sh::Tally::default();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut unit = std::process::Command::new(&cargo);
