@@ -97,6 +97,15 @@ fn runc_bundle(bundle: &Path, rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Unmounts a path when dropped (if it is a mount point at all).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = process::output(Command::new("umount").arg(&self.0), Duration::from_secs(20));
+    }
+}
+
 struct Series {
     name: &'static str,
     detail: &'static str,
@@ -126,6 +135,8 @@ pub fn run() -> Result<()> {
     runc_bundle(&bundle, &rootfs)?;
     let runc_root = work.path().join("runc-root");
     let podman_dir = work.path().join("podman");
+    // Declared after `work`, so dropped before it: podman leaves its storage bind-mounted.
+    let _podman_mount = Unmount(podman_dir.join("storage/overlay"));
 
     let bottle_cmd = || {
         let mut c = Command::new(PathBuf::from(sh::bin_dir(true)?).join("bottle"));
