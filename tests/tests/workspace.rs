@@ -150,6 +150,13 @@ fn privileged_cwd_uploads_the_repository_with_its_history() {
     assert_eq!(status, 404, "{answer}");
     assert!(answer.contains("no workspace upload"), "{answer}");
     assert!(bottles(&agent).is_empty());
+
+    // A workspace no bottle claims is an orphan: a restarted agent removes it.
+    std::fs::create_dir_all(workspaces.join("0badc0de/sub")).unwrap();
+    let mut agent = agent;
+    agent.kill9();
+    agent.spawn();
+    assert!(!workspaces.join("0badc0de").exists(), "{}", agent.log());
 }
 
 #[test]

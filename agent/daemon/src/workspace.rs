@@ -294,6 +294,17 @@ pub fn claim(
     Ok(dest)
 }
 
+/// The bottle ids that have a workspace directory.
+pub fn bottle_ids(state_dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(root(state_dir)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n != UPLOADS_DIR)
+        .collect()
+}
+
 /// Removes a bottle's workspace (nothing when it has none).
 pub fn remove(state_dir: &Path, bottle_id: &str) -> std::result::Result<(), String> {
     let dir = bottle_workspace(state_dir, bottle_id);
