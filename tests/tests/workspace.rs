@@ -150,6 +150,13 @@ fn privileged_cwd_uploads_the_repository_with_its_history() {
     assert_eq!(status, 404, "{answer}");
     assert!(answer.contains("no workspace upload"), "{answer}");
     assert!(bottles(&agent).is_empty());
+
+    // A workspace no bottle claims is an orphan: a restarted agent removes it.
+    std::fs::create_dir_all(workspaces.join("0badc0de/sub")).unwrap();
+    let mut agent = agent;
+    agent.kill9();
+    agent.spawn();
+    assert!(!workspaces.join("0badc0de").exists(), "{}", agent.log());
 }
 
 #[test]
@@ -319,10 +326,41 @@ fn privileged_freeze_pauses_the_workload_and_ls_shows_its_use() {
     assert_eq!(runc_status(), "running");
     assert_eq!(bottles(&agent)[0].display_state(), "running");
 
-    // A frozen bottle can still be removed, workload and all.
+    // A frozen workload can be stopped (SIGKILL reaches a frozen process once thawed).
     agent.ok(&["freeze", "icy"]);
+    agent.ok(&["stop", "-t", "1", "icy"]);
+    let b = &bottles(&agent)[0];
+    assert!(
+        b.display_state().starts_with("exited(") || b.display_state() == "frozen",
+        "{}",
+        b.display_state()
+    );
+    agent.ok(&["unfreeze", "icy"]);
+    assert!(bottles(&agent)[0].display_state().starts_with("exited("));
+
+    // A frozen bottle can still be removed, workload and all.
+    let out = bottle_in(
+        &agent,
+        agent.dir.path(),
+        None,
+        &[
+            "run",
+            "--detach",
+            "--name",
+            "icy2",
+            "--image",
+            "bottle-test:latest",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    assert_eq!(ok(&out, &agent), "icy2\n");
     agent.ok(&["rm", "-f", "icy"]);
-    assert!(bottles(&agent).is_empty());
+    agent.ok(&["freeze", "icy2"]);
+    let icy2 = bottles(&agent)[0].id.clone();
+    agent.ok(&["rm", "-f", "icy2"]);
+    assert!(bottles(&agent).is_empty(), "{icy2}");
     let runc_dir = agent.dir.path().join("run/runc");
     assert_eq!(
         std::fs::read_dir(&runc_dir).map(|d| d.count()).unwrap_or(0),

@@ -91,7 +91,7 @@ fn main() -> Result<()> {
 
 fn test(filter: Option<String>) -> Result<()> {
     sh::deps()?;
-    // Binaries first: the end-to-end tests drive them.
+    // Binaries first: the end-to-end tests drive them; some run the offline test image.
     sh::build_bins(false)?;
     // The test image (busybox, curl, git, stand-in claude/codex) the end-to-end tests run.
     images::run(false)?;

@@ -19,6 +19,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/iperf3", "iperf3"),
     ("/usr/sbin/sysctl", "procps"),
     ("/usr/bin/curl", "curl"),
+    // The test image carries the host's git (tests/tests/workspace.rs compares histories).
+    ("/usr/bin/git", "git"),
     // The launcher's tests run real containers.
     ("/usr/sbin/runc", "runc"),
     ("/bin/busybox", "busybox-static"),

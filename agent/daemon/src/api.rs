@@ -247,7 +247,7 @@ async fn receive_workspace(
     if declared.is_some_and(|n| n > bottle_api::MAX_WORKSPACE_BYTES) {
         return Err(workspace::WorkspaceError::TooLarge.into());
     }
-    let id = workspace::reserve(caller.uid)?;
+    let id = workspace::reserve(state_dir, caller.uid)?;
     let result = async {
         let (_, mut file) = workspace::spool_file(state_dir, &id)?;
         let mut body = req.into_body();

@@ -267,7 +267,9 @@ pub fn start(p: LaunchParams) -> Result<Started> {
 }
 
 fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Result<Started> {
+    let mut phases = Phases::new(&p.id);
     let rootfs = Rootfs::mount(&image.lower_dirs(), &rootfs_dir(&p.run_dir, &p.id))?;
+    phases.mark("overlay");
     let user = rootfs.resolve_user(image.config.user.as_deref())?;
     let id_map = IdMap::default();
     let (Some(host_uid), Some(host_gid)) = (id_map.host_uid(user.uid), id_map.host_gid(user.gid))
@@ -307,7 +309,9 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
+    phases.mark("user, mounts, workspace");
     env.extend(rootfs.install_ca(p.ca_pem.as_bytes())?);
+    phases.mark("ca");
     env.extend(proxy_env(p.gateway));
     let home_path = p.home.clone().unwrap_or_else(|| user.home.clone());
     env.push(format!("HOME={}", home_path.display()));
@@ -384,7 +388,9 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    phases.mark("mount points");
     crate::selfcheck::check(&netns_name, p.gateway, &rootfs.trust_bundle()?)?;
+    phases.mark("trust check");
     rootfs.chown_dirs(&[&spec.home], host_uid, host_gid)?;
     let oci = bundle::build(&spec)?;
     let bdir = bundle_dir(&p.run_dir, &p.id);
@@ -395,6 +401,7 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         .create(&parent)
         .map_err(io_at(&parent))?;
     bundle::write(&spec, &oci, &bdir)?;
+    phases.mark("bundle");
 
     // Pipes for the workload's streams; the agent keeps only its ends (the others move into
     // runc's child and are closed here once it has been spawned). With a terminal, runc makes
@@ -440,7 +447,11 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         }
     };
     if ours.keeper.is_some() {
-        return finish_start(ours, &pid_file);
+        phases.mark("runtime create");
+        let started = finish_start(ours, &pid_file)?;
+        phases.mark("runtime start");
+        phases.done();
+        return Ok(started);
     }
     let created = runc.create(
         &p.id,
@@ -463,7 +474,11 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         })?;
         ours.console = Some(File::from(master));
     }
-    finish_start(ours, &pid_file)
+    phases.mark("runtime create");
+    let started = finish_start(ours, &pid_file)?;
+    phases.mark("runtime start");
+    phases.done();
+    Ok(started)
 }
 
 fn finish_start(mut ours: Started, pid_file: &Path) -> Result<Started> {
@@ -563,6 +578,44 @@ pub fn proxy_env(gateway: std::net::Ipv4Addr) -> Vec<String> {
     v
 }
 
+/// Durations of the launch's steps, logged at debug level (where `bench launch` time goes).
+struct Phases<'a> {
+    id: &'a str,
+    last: std::time::Instant,
+    start: std::time::Instant,
+    steps: Vec<String>,
+}
+
+impl<'a> Phases<'a> {
+    fn new(id: &'a str) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            id,
+            last: now,
+            start: now,
+            steps: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &str) {
+        let now = std::time::Instant::now();
+        self.steps.push(format!(
+            "{step} {:.1}ms",
+            (now - self.last).as_secs_f64() * 1000.0
+        ));
+        self.last = now;
+    }
+
+    fn done(&self) {
+        tracing::debug!(
+            id = self.id,
+            total_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            steps = %self.steps.join(", "),
+            "launch phases"
+        );
+    }
+}
+
 fn pipe() -> Result<(File, File)> {
     // O_CLOEXEC: the write end reaches runc only through the dup2 onto its stdout/stderr,
     // never as a stray descriptor in another child.
@@ -646,6 +699,7 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
     let _one = CLEANUP
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let begun = std::time::Instant::now();
     let mut failures = Vec::new();
     let root = runc_root(run_dir);
     // After the container is gone (below) nothing uses the pinned mounts; unpinning first is
@@ -665,6 +719,7 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
             Err(e) => failures.push(e.to_string()),
         }
     }
+    let deleted = std::time::Instant::now();
     failures.extend(crate::workspace::unpin_mounts(run_dir, id));
     if let Err(e) = rootfs::teardown(&rootfs_dir(run_dir, id)) {
         failures.push(e.to_string());
@@ -687,5 +742,11 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
             }
         }
     }
+    tracing::debug!(
+        id,
+        runtime_delete_ms = (deleted - begun).as_secs_f64() * 1000.0,
+        rootfs_and_bundle_ms = deleted.elapsed().as_secs_f64() * 1000.0,
+        "workload cleaned up"
+    );
     failures
 }

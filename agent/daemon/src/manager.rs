@@ -952,6 +952,14 @@ impl Manager {
                 }
             }
         }
+        for id in crate::workspace::bottle_ids(&self.config.state_dir) {
+            if !ids.contains(&id) {
+                warn!(id = %id, "removing orphaned workspace");
+                if let Err(e) = crate::workspace::remove(&self.config.state_dir, &id) {
+                    error!(id = %id, error = %e, "cannot remove orphan");
+                }
+            }
+        }
         let live: BTreeSet<u32> = self.bottles.values().map(|b| b.ifindex).collect();
         for ifindex in self.datapath.policy_ifindexes() {
             if !live.contains(&ifindex) {

@@ -2,7 +2,8 @@
 //! and host bind mounts (`--mount HOST:GUEST[:ro]`).
 //!
 //! **Workspace.** `PUT /v1/workspaces` takes a tar archive (at most
-//! [`MAX_WORKSPACE_BYTES`], one at a time per caller up to [`MAX_PENDING_PER_UID`]), spools it
+//! [`MAX_WORKSPACE_BYTES`], up to [`MAX_PENDING_PER_UID`] unused per caller, each dropped
+//! after [`PENDING_TTL`]), spools it
 //! to `<state_dir>/workspaces/uploads/` (root-only) and unpacks it there. The archive is
 //! hostile input: only regular files, directories and symlinks are unpacked; absolute paths,
 //! `..`, hard links, device nodes, FIFOs and sparse files are refused, and nothing is written
@@ -45,6 +46,8 @@ use crate::paths::{MOUNTS_DIR, UPLOADS_DIR, WORKSPACES_DIR};
 pub const MAX_ENTRIES: u64 = 500_000;
 /// Uploads one caller may have staged and not yet used.
 pub const MAX_PENDING_PER_UID: usize = 4;
+/// An upload no run has used within this time is dropped (with the next upload).
+pub const PENDING_TTL: Duration = Duration::from_secs(3600);
 /// `--mount`s per run.
 pub const MAX_MOUNTS: usize = 16;
 /// How long an upload's body may take to arrive.
@@ -66,7 +69,7 @@ pub enum WorkspaceError {
     BadArchive(String),
     #[error("the workspace archive entry {path:?} is refused: {why}")]
     BadEntry { path: String, why: &'static str },
-    #[error("you already have {MAX_PENDING_PER_UID} unused workspace uploads; use or wait for them (an agent restart drops them)")]
+    #[error("you already have {MAX_PENDING_PER_UID} unused workspace uploads; use them or wait (unused ones are dropped after an hour)")]
     TooManyPending,
     #[error("no workspace upload {0:?} of yours (each upload is used once; upload again)")]
     NoSuchUpload(String),
@@ -121,9 +124,16 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> WorkspaceError + '_ {
 }
 
 /// Pending uploads: id → uploader's uid.
-static PENDING: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
+static PENDING: Mutex<BTreeMap<String, Pending>> = Mutex::new(BTreeMap::new());
 
-fn pending() -> std::sync::MutexGuard<'static, BTreeMap<String, u32>> {
+/// One staged upload: whose, and since when.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    uid: u32,
+    since: std::time::Instant,
+}
+
+fn pending() -> std::sync::MutexGuard<'static, BTreeMap<String, Pending>> {
     PENDING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -140,29 +150,36 @@ pub fn bottle_workspace(state_dir: &Path, id: &str) -> PathBuf {
     root(state_dir).join(id)
 }
 
-/// At agent start: `<state_dir>` and `workspaces/` traversable (0711), stale uploads
-/// removed, `uploads/` root-only.
+fn traversable(p: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(p)
+        .and_then(|()| fs::set_permissions(p, fs::Permissions::from_mode(0o711)))
+        .map_err(io_at(p))
+}
+
+/// At agent start: `<state_dir>` traversable (0711) and stale uploads removed. The
+/// directories themselves are made with the first upload.
 pub fn prepare(state_dir: &Path) -> Result<()> {
-    let traversable = |p: &Path| {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(p)
-            .and_then(|()| fs::set_permissions(p, fs::Permissions::from_mode(0o711)))
-            .map_err(io_at(p))
-    };
     traversable(state_dir)?;
-    traversable(&root(state_dir))?;
     let up = uploads(state_dir);
     match fs::remove_dir_all(&up) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_at(&up)(e)),
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(&up)(e)),
     }
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&up)
-        .map_err(io_at(&up))
+}
+
+/// `workspaces/` (0711) and `workspaces/uploads/` (0700).
+fn ensure_dirs(state_dir: &Path) -> Result<()> {
+    traversable(&root(state_dir))?;
+    let up = uploads(state_dir);
+    match fs::DirBuilder::new().mode(0o700).create(&up) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_at(&up)(e)),
+    }
 }
 
 fn new_id() -> String {
@@ -173,14 +190,29 @@ fn new_id() -> String {
         .collect()
 }
 
-/// Reserves a pending slot for `uid` and returns the new upload's id.
-pub fn reserve(uid: u32) -> Result<String> {
+/// Reserves a pending slot for `uid` and returns the new upload's id. Uploads older than
+/// [`PENDING_TTL`] are dropped first (theirs and anyone's).
+pub fn reserve(state_dir: &Path, uid: u32) -> Result<String> {
+    let expired: Vec<String> = pending()
+        .iter()
+        .filter(|(_, p)| p.since.elapsed() > PENDING_TTL)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in expired {
+        abandon(state_dir, &id);
+    }
     let mut p = pending();
-    if p.values().filter(|&&u| u == uid).count() >= MAX_PENDING_PER_UID {
+    if p.values().filter(|e| e.uid == uid).count() >= MAX_PENDING_PER_UID {
         return Err(WorkspaceError::TooManyPending);
     }
     let id = new_id();
-    p.insert(id.clone(), uid);
+    p.insert(
+        id.clone(),
+        Pending {
+            uid,
+            since: std::time::Instant::now(),
+        },
+    );
     Ok(id)
 }
 
@@ -194,6 +226,7 @@ pub fn abandon(state_dir: &Path, id: &str) {
 
 /// Where an upload's archive is spooled (created 0600, root-only directory).
 pub fn spool_file(state_dir: &Path, id: &str) -> Result<(PathBuf, fs::File)> {
+    ensure_dirs(state_dir)?;
     let path = uploads(state_dir).join(format!("{id}.tar"));
     let f = fs::OpenOptions::new()
         .write(true)
@@ -226,7 +259,7 @@ pub fn unpack_upload(state_dir: &Path, id: &str) -> Result<WorkspaceUpload> {
 /// Whether `uid` has a pending upload `id` (checked before a run creates its bottle).
 pub fn check(uid: u32, id: &str) -> Result<()> {
     match pending().get(id) {
-        Some(&owner) if owner == uid => Ok(()),
+        Some(p) if p.uid == uid => Ok(()),
         _ => Err(WorkspaceError::NoSuchUpload(id.to_owned())),
     }
 }
@@ -244,7 +277,7 @@ pub fn claim(
     {
         let mut p = pending();
         match p.get(id) {
-            Some(&owner) if owner == uid => {
+            Some(e) if e.uid == uid => {
                 p.remove(id);
             }
             _ => return Err(WorkspaceError::NoSuchUpload(id.to_owned())),
@@ -259,6 +292,17 @@ pub fn claim(
     chown_tree(&dest, host_uid, host_gid)?;
     fs::set_permissions(&dest, fs::Permissions::from_mode(0o750)).map_err(io_at(&dest))?;
     Ok(dest)
+}
+
+/// The bottle ids that have a workspace directory.
+pub fn bottle_ids(state_dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(root(state_dir)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n != UPLOADS_DIR)
+        .collect()
 }
 
 /// Removes a bottle's workspace (nothing when it has none).
@@ -613,13 +657,16 @@ mod tests {
     #[test]
     fn pending_uploads_are_per_uid_and_bounded() {
         let uid = 4_000_123;
+        let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (0..MAX_PENDING_PER_UID)
-            .map(|_| reserve(uid).unwrap())
+            .map(|_| reserve(dir.path(), uid).unwrap())
             .collect();
-        assert!(matches!(reserve(uid), Err(WorkspaceError::TooManyPending)));
+        assert!(matches!(
+            reserve(dir.path(), uid),
+            Err(WorkspaceError::TooManyPending)
+        ));
         assert!(check(uid, &ids[0]).is_ok());
         assert!(check(uid + 1, &ids[0]).is_err());
-        let dir = tempfile::tempdir().unwrap();
         for id in &ids {
             abandon(dir.path(), id);
         }

@@ -57,7 +57,7 @@ pub use digest::{DigestError, Sha256};
 pub use docker::DockerError;
 pub use layout::LayoutError;
 pub use limits::{LimitError, Limits};
-pub use overlay::{mount_overlay, unmount, OverlayError};
+pub use overlay::{mount_overlay, mount_scratch_overlay, unmount, OverlayError};
 pub use paths::PathProblem;
 pub use plan::ConfigError;
 pub use pull::PullError;

@@ -115,7 +115,8 @@ impl Rootfs {
         mk(&dir.join("upper"), 0o755)?;
         mk(&dir.join("work"), 0o700)?;
         mk(&merged, 0o755)?;
-        bottle_image::mount_overlay(lower, &dir.join("upper"), &dir.join("work"), &merged)?;
+        // Volatile: the upper goes with the bottle, so syncing it (at every unmount) is waste.
+        bottle_image::mount_scratch_overlay(lower, &dir.join("upper"), &dir.join("work"), &merged)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             merged,

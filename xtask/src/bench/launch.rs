@@ -97,6 +97,15 @@ fn runc_bundle(bundle: &Path, rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Unmounts a path when dropped (if it is a mount point at all).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = process::output(Command::new("umount").arg(&self.0), Duration::from_secs(20));
+    }
+}
+
 struct Series {
     name: &'static str,
     detail: &'static str,
@@ -126,6 +135,8 @@ pub fn run() -> Result<()> {
     runc_bundle(&bundle, &rootfs)?;
     let runc_root = work.path().join("runc-root");
     let podman_dir = work.path().join("podman");
+    // Declared after `work`, so dropped before it: podman leaves its storage bind-mounted.
+    let _podman_mount = Unmount(podman_dir.join("storage/overlay"));
 
     let bottle_cmd = || {
         let mut c = Command::new(PathBuf::from(sh::bin_dir(true)?).join("bottle"));
@@ -149,7 +160,16 @@ pub fn run() -> Result<()> {
             .arg(podman_dir.join("storage"))
             .arg("--runroot")
             .arg(podman_dir.join("runroot"))
-            .args(["run", "--rm", "--network", "none", "--rootfs"])
+            .args(["run", "--rm", "--network", "none"])
+            // podman's default limits are above what conmon may set on some hosts (EPERM);
+            // these match the bottle's workload (nofile soft 1024).
+            .args([
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+            ])
+            .arg("--rootfs")
             .arg(&rootfs)
             .arg("true");
         c
@@ -173,7 +193,7 @@ pub fn run() -> Result<()> {
     };
     let mut podman = Series {
         name: "`podman run --rm --rootfs DIR --network none true`",
-        detail: "Debian podman, runtime runc, cgroupfs",
+        detail: "Debian podman 4.3, runtime runc, cgroupfs, nofile/nproc 1024",
         ms: Vec::new(),
     };
     let mut create = Vec::new();
