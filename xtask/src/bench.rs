@@ -8,12 +8,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::agent::{netns_exec, PrivateAgent};
 
+pub mod git;
 mod peers;
 mod process;
 pub mod proxy;
 
 /// The benchmarks `run` knows, besides `all`.
-const NAMES: &[&str] = &["datapath", "proxy"];
+const NAMES: &[&str] = &["datapath", "proxy", "git"];
 
 /// Refuses an unknown benchmark name before anything is installed or built.
 pub fn check_name(which: &str) -> Result<()> {
@@ -30,15 +31,22 @@ pub fn includes_proxy(which: &str) -> bool {
     matches!(which, "proxy" | "all")
 }
 
+pub fn includes_git(which: &str) -> bool {
+    matches!(which, "git" | "all")
+}
+
 pub fn run(which: &str) -> Result<()> {
     check_name(which)?;
     match which {
         "datapath" => datapath(),
         "proxy" => proxy::run(),
+        "git" => git::run(),
         _ => {
             datapath()?;
             println!();
-            proxy::run()
+            proxy::run()?;
+            println!();
+            git::run()
         }
     }
 }

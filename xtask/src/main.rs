@@ -36,7 +36,7 @@ enum Cmd {
     },
     /// Measure; prints Markdown tables with ratios.
     Bench {
-        /// Which benchmark: datapath, proxy, or all.
+        /// Which benchmark: datapath, proxy, git, or all.
         #[arg(default_value = "datapath")]
         which: String,
     },
@@ -78,6 +78,9 @@ fn main() -> Result<()> {
             } else {
                 Vec::new()
             };
+            if bench::includes_git(&which) {
+                bench::git::prepare()?;
+            }
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             sh::run_privileged_env(&["bench-privileged", &which], &env)
         }
