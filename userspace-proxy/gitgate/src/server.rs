@@ -614,8 +614,14 @@ fn make_quarantine(mirror: &std::path::Path) -> std::io::Result<tempfile::TempDi
     let q = tempfile::Builder::new()
         .prefix("quarantine-")
         .tempdir_in(mirror)?;
-    git2::Repository::init_bare(q.path())
+    let repo = git2::Repository::init_bare(q.path())
         .map_err(|e| std::io::Error::other(e.message().to_string()))?;
+    // libgit2 re-packs what it forwards from scratch (it cannot reuse the client's deltas);
+    // a small delta window (git's `pack.windowMemory`) trades a larger pack on the wire for
+    // far less delta search.
+    if let Ok(mut cfg) = repo.config() {
+        let _ = cfg.set_i64("pack.windowMemory", 1);
+    }
     let objects = mirror.join("objects").canonicalize()?;
     std::fs::write(
         q.path().join("objects/info/alternates"),
