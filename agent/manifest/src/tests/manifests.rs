@@ -977,3 +977,42 @@ fn egress_file_accepts_block_or_wrapped_and_names_line() {
     assert!(e.contains("egress.yaml:3"), "{e}");
     assert!(e.contains("hots"), "{e}");
 }
+
+#[test]
+fn git_gate_file_accepts_block_or_wrapped_with_a_ref_policy() {
+    use std::path::Path;
+    let file = Path::new("gate.yaml");
+    let block =
+        "user: {name: A}\nrepos:\n  app:\n    url: ssh://git@h/app.git\n    identity: k\n    \
+                 policy: {allow: [\"refs/heads/agent/*\"], force_push: false, deletions: true}\n";
+    let wrapped = format!(
+        "git-gate:\n{}",
+        block
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    );
+    let a = crate::manifest::git_gate_file(file, block).unwrap();
+    let b = crate::manifest::git_gate_file(file, &wrapped).unwrap();
+    assert_eq!(a, b);
+    let repo = &a.repos.as_ref().unwrap()["app"];
+    let policy = repo.policy.as_ref().unwrap();
+    assert_eq!(policy.allow, vec!["refs/heads/agent/*".to_string()]);
+    assert_eq!(
+        (policy.force_push, policy.deletions),
+        (Some(false), Some(true))
+    );
+    let bad = "repos:\n  app:\n    url: ssh://git@h/app.git\n    identity: k\n    policy: {allow: [main]}\n";
+    let e = crate::manifest::git_gate_file(file, bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("gate.yaml:5") && e.contains("refs/heads/agent/*"),
+        "{e}"
+    );
+    let bad = "repos:\n  app:\n    url: ssh://git@h/app.git\n    identity: k\n    policy: {force: true}\n";
+    let e = crate::manifest::git_gate_file(file, bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("force_push"), "{e}");
+}
