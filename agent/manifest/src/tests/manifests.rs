@@ -48,7 +48,7 @@ const BOTTLE_ERRORS: &[(&str, &str)] = &[
     ),
     (
         "git-gate:\n  repos:\n    app:\n      url: ssh://git@h.example.com/x.git\n      identity: k\n      hostkey: x\n",
-        "{f}:7: unknown key `git-gate.repos.app.hostkey`; allowed keys are: url, identity, host_key",
+        "{f}:7: unknown key `git-gate.repos.app.hostkey`; allowed keys are: url, identity, host_key, policy",
     ),
     (
         "egress:\n  route: []\n",
@@ -937,7 +937,7 @@ fn line_numbers_of_nested_keys_survive_comments_and_blank_lines() {
     assert_eq!(
         fx.load().resolve_bottle("dev").unwrap_err().to_string(),
         format!(
-            "{}:12: unknown key `git-gate.repos.app.oops`; allowed keys are: url, identity, host_key",
+            "{}:12: unknown key `git-gate.repos.app.oops`; allowed keys are: url, identity, host_key, policy",
             f.display()
         )
     );
