@@ -204,7 +204,7 @@ impl SshUpstream {
     }
 
     /// The git-gate YAML for this upstream (`host_key` pinned unless `pin` is false).
-    fn gate_yaml(&self, pin: bool) -> String {
+    fn gate_yaml(&self, pin: bool, policy: Option<&str>) -> String {
         let mut y = format!(
             "user: {{name: Bottle Agent, email: agent@example.com}}\nrepos:\n  app:\n    url: {}\n    identity: {}\n",
             self.url(),
@@ -212,6 +212,9 @@ impl SshUpstream {
         );
         if pin {
             y.push_str(&format!("    host_key: \"{}\"\n", self.host_key));
+        }
+        if let Some(policy) = policy {
+            y.push_str(&format!("    policy: {policy}\n"));
         }
         y
     }
@@ -318,9 +321,9 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-fn create(agent: &Agent, up: &SshUpstream, pin: bool) -> BottleInfo {
+fn create(agent: &Agent, up: &SshUpstream, pin: bool, policy: Option<&str>) -> BottleInfo {
     let file = agent.dir.path().join("gate.yaml");
-    std::fs::write(&file, up.gate_yaml(pin)).unwrap();
+    std::fs::write(&file, up.gate_yaml(pin, policy)).unwrap();
     serde_json::from_str(&agent.ok(&[
         "create",
         "--name",
@@ -353,7 +356,8 @@ fn privileged_git_gate_clone_fetch_push_scan_policy_and_fail_closed() {
     }
     let mut up = SshUpstream::start(61);
     let agent = Agent::start(61, "");
-    let bottle = create(&agent, &up, true);
+    // Branches only (tags refused); force-push left at its default.
+    let bottle = create(&agent, &up, true, Some("{allow: [\"refs/heads/*\"]}"));
     assert!(
         bottle.allowed_ports.iter().any(|p| p == "tcp/9420"),
         "{bottle:?}"
@@ -443,6 +447,21 @@ fn privileged_git_gate_clone_fetch_push_scan_policy_and_fail_closed() {
     );
     assert_eq!(up.rev("feature").as_deref(), Some(feature.as_str()));
 
+    // The repo's policy allows branches only.
+    inside.git_ok(&["tag", "v1"]);
+    let out = inside.git(&["push", "origin", "v1"]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "tag push accepted: {err}\n{}",
+        std::fs::read_to_string(agent.state_dir().join(&bottle.id).join("policy.json")).unwrap()
+    );
+    assert!(
+        err.contains("ref not allowed by the git-gate policy"),
+        "{err}"
+    );
+    assert_eq!(up.rev("refs/tags/v1"), None);
+
     // Force-push to the default branch is refused by the default policy...
     inside.git_ok(&["checkout", "-q", "main"]);
     inside.git_ok(&["reset", "-q", "--hard", &oob]);
@@ -507,6 +526,7 @@ fn privileged_git_gate_clone_fetch_push_scan_policy_and_fail_closed() {
     assert!(g.refs_accepted >= 3, "{g:?}");
     assert_eq!(g.refs_rejected.get("secret"), Some(&1), "{g:?}");
     assert_eq!(g.refs_rejected.get("policy_force"), Some(&1), "{g:?}");
+    assert_eq!(g.refs_rejected.get("policy_ref"), Some(&1), "{g:?}");
     assert!(g.refs_rejected.get("upstream") >= Some(&1), "{g:?}");
     assert!(g.bytes_in > 0 && g.bytes_out > 0, "{g:?}");
     let audit = agent.audit("g");
@@ -523,7 +543,7 @@ fn privileged_git_gate_refuses_unpinned_hosts_and_bad_requests() {
     }
     let up = SshUpstream::start(62);
     let agent = Agent::start(62, "");
-    let bottle = create(&agent, &up, false);
+    let bottle = create(&agent, &up, false, None);
     let inside = Inside::new(&bottle, &up.spec());
     let out = inside.git(&["clone", "-q", &up.url(), "work"]);
     let err = stderr(&out);
@@ -608,7 +628,7 @@ fn privileged_git_gate_restart_keeps_mirrors_but_needs_keys_again() {
     }
     let up = SshUpstream::start(63);
     let mut agent = Agent::start(63, "");
-    let bottle = create(&agent, &up, true);
+    let bottle = create(&agent, &up, true, None);
     let inside = Inside::new(&bottle, &up.spec());
     let out = inside.git(&["clone", "-q", &up.url(), "work"]);
     assert!(

@@ -8,13 +8,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::agent::{netns_exec, PrivateAgent};
 
+pub mod git;
 pub mod launch;
 mod peers;
 mod process;
 pub mod proxy;
 
 /// The benchmarks `run` knows, besides `all`.
-const NAMES: &[&str] = &["datapath", "proxy", "launch"];
+const NAMES: &[&str] = &["datapath", "proxy", "launch", "git"];
 
 /// Refuses an unknown benchmark name before anything is installed or built.
 pub fn check_name(which: &str) -> Result<()> {
@@ -35,18 +36,25 @@ pub fn includes_launch(which: &str) -> bool {
     matches!(which, "launch" | "all")
 }
 
+pub fn includes_git(which: &str) -> bool {
+    matches!(which, "git" | "all")
+}
+
 pub fn run(which: &str) -> Result<()> {
     check_name(which)?;
     match which {
         "datapath" => datapath(),
         "proxy" => proxy::run(),
         "launch" => launch::run(),
+        "git" => git::run(),
         _ => {
             datapath()?;
             println!();
             proxy::run()?;
             println!();
-            launch::run()
+            launch::run()?;
+            println!();
+            git::run()
         }
     }
 }

@@ -36,7 +36,7 @@ enum Cmd {
     },
     /// Measure; prints Markdown tables with ratios.
     Bench {
-        /// Which benchmark: datapath, proxy, launch, or all.
+        /// Which benchmark: datapath, proxy, launch, git, or all.
         #[arg(default_value = "datapath")]
         which: String,
     },
@@ -80,6 +80,9 @@ fn main() -> Result<()> {
             };
             if bench::includes_launch(&which) {
                 bench::launch::prepare()?;
+            }
+            if bench::includes_git(&which) {
+                bench::git::prepare()?;
             }
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             sh::run_privileged_env(&["bench-privileged", &which], &env)

@@ -13,7 +13,7 @@ use hyper::body::{Frame, Incoming};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command as Process;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::gate::{GateContext, GateRepo};
 use crate::pktline::{self, Command, PushRequest};
@@ -507,6 +507,7 @@ async fn receive_pack(
     };
     let mut bytes_in = buf.len() as u64;
     let needs_pack = push.commands.iter().any(|c| !c.is_delete());
+    let unpack_started = std::time::Instant::now();
     let unpack: Result<(), String> = if needs_pack {
         match index_pack(
             ctx,
@@ -524,6 +525,12 @@ async fn receive_pack(
         Ok(())
     };
     ctx.stats.bytes(bytes_in, 0);
+    info!(
+        repo = %repo.cfg.name,
+        bytes = bytes_in,
+        unpack_ms = u64::try_from(unpack_started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "push received"
+    );
     let rules = (ctx.rules)();
     let (results, upstream_messages) = match unpack {
         Err(e) => {
@@ -607,8 +614,14 @@ fn make_quarantine(mirror: &std::path::Path) -> std::io::Result<tempfile::TempDi
     let q = tempfile::Builder::new()
         .prefix("quarantine-")
         .tempdir_in(mirror)?;
-    git2::Repository::init_bare(q.path())
+    let repo = git2::Repository::init_bare(q.path())
         .map_err(|e| std::io::Error::other(e.message().to_string()))?;
+    // libgit2 re-packs what it forwards from scratch (it cannot reuse the client's deltas);
+    // a small delta window (git's `pack.windowMemory`) trades a larger pack on the wire for
+    // far less delta search.
+    if let Ok(mut cfg) = repo.config() {
+        let _ = cfg.set_i64("pack.windowMemory", 1);
+    }
     let objects = mirror.join("objects").canonicalize()?;
     std::fs::write(
         q.path().join("objects/info/alternates"),
@@ -728,6 +741,7 @@ fn decide_and_forward(
         .and_then(|h| h.symbolic_target().map(str::to_string));
     let mut results = Vec::new();
     let mut totals = ScanTotals::default();
+    let started = std::time::Instant::now();
     for cmd in commands {
         let oid = |h: &pktline::Hex| git2::Oid::from_str(h.as_str()).ok();
         let (Some(old), Some(new)) = (oid(&cmd.old), oid(&cmd.new)) else {
@@ -846,7 +860,16 @@ fn decide_and_forward(
     if refspecs.is_empty() {
         return (results, Vec::new());
     }
+    let scanned = started.elapsed();
     let outcome = upstream::push(&q, &repo.cfg, &refspecs, up);
+    info!(
+        repo = %repo.cfg.name,
+        commits = totals.commits,
+        scanned_bytes = totals.bytes,
+        scan_ms = u64::try_from(scanned.as_millis()).unwrap_or(u64::MAX),
+        push_ms = u64::try_from((started.elapsed() - scanned).as_millis()).unwrap_or(u64::MAX),
+        "push decided and forwarded"
+    );
     let messages = match outcome {
         Err(e) => {
             let text = e.to_string();

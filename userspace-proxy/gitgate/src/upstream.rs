@@ -300,7 +300,8 @@ pub fn push(
     });
     cb.push_transfer_progress(|_, _, b| bytes.set(b as u64));
     let mut opts = PushOptions::new();
-    opts.remote_callbacks(cb);
+    // 0: one packbuilder thread per CPU (libgit2's default is one thread).
+    opts.remote_callbacks(cb).packbuilder_parallelism(0);
     let specs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
     remote
         .push(&specs, Some(&mut opts))

@@ -37,7 +37,8 @@ const PROVIDER_KEYS: &[&str] = &[
 ];
 const GATE_KEYS: &[&str] = &["user", "repos"];
 const USER_KEYS: &[&str] = &["name", "email"];
-const REPO_KEYS: &[&str] = &["url", "identity", "host_key"];
+const REPO_KEYS: &[&str] = &["url", "identity", "host_key", "policy"];
+const REF_POLICY_KEYS: &[&str] = &["allow", "force_push", "deletions"];
 const EGRESS_KEYS: &[&str] = &["routes"];
 /// bot-bottle's route keys plus bottle's own `connect_to`.
 const ROUTE_KEYS: &[&str] = &[
@@ -522,6 +523,37 @@ impl Doc<'_> {
         Ok(out)
     }
 
+    /// A repo's ref policy: `allow` (ref patterns), `force_push`, `deletions`.
+    fn ref_policy(
+        &self,
+        node: &Node,
+        line: usize,
+        prefix: &str,
+    ) -> Result<bottle_api::gitgate::RefPolicySpec> {
+        let mut out = bottle_api::gitgate::RefPolicySpec::default();
+        for e in self.mapping(node, line, prefix)? {
+            let key = join(prefix, &e.key);
+            match e.key.as_str() {
+                "allow" => {
+                    for p in self.strings(&e.value, e.key_line, &key)? {
+                        if !p.value.starts_with("refs/") {
+                            return Err(self.invalid(
+                                e.key_line,
+                                &key,
+                                "patterns are full ref names such as refs/heads/agent/*",
+                            ));
+                        }
+                        out.allow.push(p.value);
+                    }
+                }
+                "force_push" => out.force_push = Some(self.boolean(&e.value, e.key_line, &key)?),
+                "deletions" => out.deletions = Some(self.boolean(&e.value, e.key_line, &key)?),
+                _ => return Err(self.unknown(e.key_line, &key, REF_POLICY_KEYS)),
+            }
+        }
+        Ok(out)
+    }
+
     fn repos(&self, node: &Node, line: usize) -> Result<BTreeMap<String, RepoEntry>> {
         if node.kind == Kind::Null {
             return Err(self.invalid(
@@ -541,9 +573,13 @@ impl Doc<'_> {
                     "a repo name is letters, digits, '.', '_' and '-'",
                 ));
             }
-            let (mut url, mut identity, mut host_key) = (None, None, None);
+            let (mut url, mut identity, mut host_key, mut policy) = (None, None, None, None);
             for f in self.mapping(&e.value, e.key_line, &prefix)? {
                 let key = join(&prefix, &f.key);
+                if f.key == "policy" {
+                    policy = Some(self.ref_policy(&f.value, f.key_line, &key)?);
+                    continue;
+                }
                 let value = match f.key.as_str() {
                     "url" | "identity" | "host_key" => self.scalar(&f.value, f.key_line, &key)?,
                     _ => return Err(self.unknown(f.key_line, &key, REPO_KEYS)),
@@ -604,7 +640,7 @@ impl Doc<'_> {
                         url,
                         identity,
                         host_key,
-                        policy: None,
+                        policy,
                     },
                     file: self.file.to_path_buf(),
                     line: self.at(e.key_line),

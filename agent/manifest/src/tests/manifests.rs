@@ -48,7 +48,7 @@ const BOTTLE_ERRORS: &[(&str, &str)] = &[
     ),
     (
         "git-gate:\n  repos:\n    app:\n      url: ssh://git@h.example.com/x.git\n      identity: k\n      hostkey: x\n",
-        "{f}:7: unknown key `git-gate.repos.app.hostkey`; allowed keys are: url, identity, host_key",
+        "{f}:7: unknown key `git-gate.repos.app.hostkey`; allowed keys are: url, identity, host_key, policy",
     ),
     (
         "egress:\n  route: []\n",
@@ -937,7 +937,7 @@ fn line_numbers_of_nested_keys_survive_comments_and_blank_lines() {
     assert_eq!(
         fx.load().resolve_bottle("dev").unwrap_err().to_string(),
         format!(
-            "{}:12: unknown key `git-gate.repos.app.oops`; allowed keys are: url, identity, host_key",
+            "{}:12: unknown key `git-gate.repos.app.oops`; allowed keys are: url, identity, host_key, policy",
             f.display()
         )
     );
@@ -976,4 +976,43 @@ fn egress_file_accepts_block_or_wrapped_and_names_line() {
         .to_string();
     assert!(e.contains("egress.yaml:3"), "{e}");
     assert!(e.contains("hots"), "{e}");
+}
+
+#[test]
+fn git_gate_file_accepts_block_or_wrapped_with_a_ref_policy() {
+    use std::path::Path;
+    let file = Path::new("gate.yaml");
+    let block =
+        "user: {name: A}\nrepos:\n  app:\n    url: ssh://git@h/app.git\n    identity: k\n    \
+                 policy: {allow: [\"refs/heads/agent/*\"], force_push: false, deletions: true}\n";
+    let wrapped = format!(
+        "git-gate:\n{}",
+        block
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    );
+    let a = crate::manifest::git_gate_file(file, block).unwrap();
+    let b = crate::manifest::git_gate_file(file, &wrapped).unwrap();
+    assert_eq!(a, b);
+    let repo = &a.repos.as_ref().unwrap()["app"];
+    let policy = repo.policy.as_ref().unwrap();
+    assert_eq!(policy.allow, vec!["refs/heads/agent/*".to_string()]);
+    assert_eq!(
+        (policy.force_push, policy.deletions),
+        (Some(false), Some(true))
+    );
+    let bad = "repos:\n  app:\n    url: ssh://git@h/app.git\n    identity: k\n    policy: {allow: [main]}\n";
+    let e = crate::manifest::git_gate_file(file, bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("gate.yaml:5") && e.contains("refs/heads/agent/*"),
+        "{e}"
+    );
+    let bad = "repos:\n  app:\n    url: ssh://git@h/app.git\n    identity: k\n    policy: {force: true}\n";
+    let e = crate::manifest::git_gate_file(file, bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("force_push"), "{e}");
 }
