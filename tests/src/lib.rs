@@ -42,6 +42,18 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
+/// The offline test image from `cargo xtask images` (busybox, curl, git, stand-in claude and
+/// codex), as an absolute path `bottle run --image` takes.
+pub fn test_image() -> String {
+    let path = bin_dir().join("../images/bottle-test");
+    assert!(
+        path.join("index.json").is_file(),
+        "{} missing: run `cargo xtask images`",
+        path.display()
+    );
+    std::fs::canonicalize(path).unwrap().display().to_string()
+}
+
 fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(

@@ -23,17 +23,6 @@ const CLAUDE_TOKEN: &str = "sk-ant-oat01-REAL-claude-token-0123456789";
 /// A value the bottle's `env` takes from the host (`${HOST_SECRET}`).
 const HOST_SECRET: &str = "host-secret-value-98765";
 
-/// The test image from `cargo xtask images` (busybox, curl, git, stand-ins).
-fn test_image() -> String {
-    let path = bin_dir().join("../images/bottle-test");
-    assert!(
-        path.join("index.json").is_file(),
-        "{} missing: run `cargo xtask images`",
-        path.display()
-    );
-    std::fs::canonicalize(path).unwrap().display().to_string()
-}
-
 /// The agent config: trust the internet's CA, dial the providers' hosts there.
 fn agent_config(internet: &Internet) -> String {
     let mut toml = format!("{}\n[upstream_hosts]\n", Agent::trust_line(internet));

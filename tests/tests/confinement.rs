@@ -10,16 +10,6 @@ use bottle_tests::*;
 
 const SLOT: u8 = 54;
 
-fn test_image() -> String {
-    let path = bin_dir().join("../images/bottle-test");
-    assert!(
-        path.join("index.json").is_file(),
-        "{} missing: run `cargo xtask images`",
-        path.display()
-    );
-    std::fs::canonicalize(path).unwrap().display().to_string()
-}
-
 fn bottle(agent: &Agent, args: &[&str]) -> Output {
     let (tx, rx) = mpsc::channel();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

@@ -19,17 +19,6 @@ const ENV_SLOT: u8 = 84;
 const TRUST_SLOT: u8 = 85;
 const RUNTIME_SLOT: u8 = 86;
 
-/// The offline test image (busybox, curl, git) that `cargo xtask images` builds.
-fn test_image() -> String {
-    let dir = bin_dir().parent().unwrap().join("images/bottle-test");
-    assert!(
-        dir.join("index.json").is_file(),
-        "{} missing: run `cargo xtask images` first",
-        dir.display()
-    );
-    dir.display().to_string()
-}
-
 /// Runs `bottle ARGS` in `cwd` as `uid` (root when `None`), bounded.
 fn bottle_in(agent: &Agent, cwd: &Path, uid: Option<u32>, args: &[&str]) -> Output {
     let (tx, rx) = mpsc::channel();
