@@ -109,6 +109,7 @@ fn test(filter: Option<String>) -> Result<()> {
     // The end-to-end tests share kernel state, so they run one at a time, as root.
     let mut e2e_result = Ok(());
     if unit_result.is_ok() {
+        let _turn = sh::e2e_lock()?;
         let bin_dir = sh::bin_dir(false)?;
         for exe in sh::test_executables("bottle-tests")? {
             let mut args = vec![exe.as_str(), "--test-threads=1"];

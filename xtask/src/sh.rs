@@ -206,6 +206,25 @@ pub fn test_executables(package: &str) -> Result<Vec<String>> {
 
 /// The command line that runs `args` as root (directly when root, else through sudo, with
 /// `env` and CI's BOTTLE_PRIVILEGED_TESTS passed along).
+/// Where end-to-end runs on one machine take turns (engineers' checkouts and CI share slot
+/// names, namespaces and pins).
+const E2E_LOCK: &str = "/tmp/bottle-shared-e2e.lock";
+
+/// Waits for, then holds, the machine's end-to-end lock until the file is dropped.
+pub fn e2e_lock() -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(E2E_LOCK)
+        .with_context(|| format!("opening {E2E_LOCK}"))?;
+    // SAFETY: flock on a descriptor this function owns; the lock goes with the file.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!("locking {E2E_LOCK}: {}", std::io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
 pub fn root_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut full: Vec<String> = Vec::new();
     if !is_root() {
