@@ -312,11 +312,11 @@ impl Manager {
             }
         }
         let block = self.ipam.allocate()?;
-        // A spare network's id becomes the bottle's; the next spare is made meanwhile.
+        // A spare network's id becomes the bottle's. The next spare is made once this create
+        // is done (below): making one holds the kernel's RTNL lock through RCU grace
+        // periods, and this bottle's links coming up need that lock too.
         let spare = self.spares.pop();
-        if spare.is_some() {
-            self.spares_wanted.notify_one();
-        }
+        let took_spare = spare.is_some();
         let id = match &spare {
             Some(s) => s.id.clone(),
             None => self.new_id(),
@@ -345,7 +345,7 @@ impl Manager {
             agent: None,
         };
         let mut ifindex = None;
-        match self
+        let built = self
             .build(
                 &meta,
                 &names,
@@ -355,8 +355,11 @@ impl Manager {
                 compiled,
                 &gate.keys,
             )
-            .await
-        {
+            .await;
+        if took_spare {
+            self.spares_wanted.notify_one();
+        }
+        match built {
             Ok(services) => {
                 let bottle = Bottle {
                     meta,
