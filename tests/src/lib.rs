@@ -122,7 +122,7 @@ impl Agent {
         let config = dir.path().join("agent.toml");
         let toml = format!(
             "socket = \"{sock}\"\nsocket_group = \"nogroup\"\nstate_dir = \"{state}\"\nrun_dir = \"{run}\"\n\
-             bpf_pin_root = \"{pins}\"\n{pool_line}netns_prefix = \"{ns}\"\nveth_prefix = \"{veth}\"\n\
+             bpf_pin_root = \"{pins}\"\n{pool_line}{spare_line}netns_prefix = \"{ns}\"\nveth_prefix = \"{veth}\"\n\
              log = \"debug\"\n{extra}\n",
             sock = dir.path().join("agent.sock").display(),
             state = dir.path().join("state").display(),
@@ -134,9 +134,17 @@ impl Agent {
             } else {
                 format!("pool = \"{}\"\n", slot.pool)
             },
+            // Tests count namespaces, veths and pins; a spare network (see the agent's
+            // `spare_networks`) would be one more. Tests of spares ask for them.
+            spare_line = if extra.contains("spare_networks") {
+                ""
+            } else {
+                "spare_networks = 0\n"
+            },
             ns = slot.netns_prefix,
             veth = slot.veth_prefix,
         );
+
         std::fs::write(&config, toml).unwrap();
         let mut agent = Self {
             dir,
@@ -177,6 +185,16 @@ impl Agent {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and waits for the agent to exit (a clean stop).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = i32::try_from(child.id()).unwrap();
+            // SAFETY: signals a child we spawned and have not reaped.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+            child.wait().unwrap();
         }
     }
 

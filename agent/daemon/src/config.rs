@@ -114,6 +114,9 @@ impl Runtime {
     }
 }
 
+/// Bound on `spare_networks`: each spare holds a namespace and a veth.
+pub const MAX_SPARE_NETWORKS: usize = 16;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
@@ -153,6 +156,10 @@ pub struct AgentConfig {
     pub image_dir: Option<PathBuf>,
     /// `runc` (default) or `crun`.
     pub runtime: Runtime,
+    /// Networks kept ready for the next bottles (netns, veth, both programs attached, no
+    /// address and no policy: the datapath drops everything). Making one costs the kernel
+    /// RCU grace periods, so a `create` that finds one ready skips them; 0 turns this off.
+    pub spare_networks: usize,
 }
 
 impl Default for AgentConfig {
@@ -178,6 +185,7 @@ impl Default for AgentConfig {
             max_connections_per_bottle: 512,
             image_dir: None,
             runtime: Runtime::default(),
+            spare_networks: 1,
         }
     }
 }
@@ -240,6 +248,12 @@ impl AgentConfig {
         if self.netns_prefix.is_empty() || self.netns_prefix.contains('/') {
             return Err("netns_prefix must be non-empty and contain no '/'".into());
         }
+        if self.spare_networks > MAX_SPARE_NETWORKS {
+            return Err(format!(
+                "spare_networks {} is more than {MAX_SPARE_NETWORKS}",
+                self.spare_networks
+            ));
+        }
         if self.service_ports.is_empty() {
             return Err("service_ports is empty: bottles could reach nothing".into());
         }
@@ -285,5 +299,14 @@ mod tests {
         std::fs::write(&missing, "service_ports = [\"sctp/1\"]\n").unwrap();
         let e = AgentConfig::load(&missing, true).unwrap_err().to_string();
         assert!(e.contains("must look like tcp/443"), "{e}");
+
+        std::fs::write(&missing, "spare_networks = 17\n").unwrap();
+        let e = AgentConfig::load(&missing, true).unwrap_err().to_string();
+        assert!(e.contains("spare_networks 17 is more than 16"), "{e}");
+    }
+
+    #[test]
+    fn one_spare_network_by_default() {
+        assert_eq!(AgentConfig::default().spare_networks, 1);
     }
 }

@@ -7,6 +7,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
@@ -102,11 +103,24 @@ pub struct BottleDatapath<'a> {
     pub ports: &'a [ServicePort],
 }
 
-pub struct Datapath {
-    // The loaded objects own the programs; dropping them would not detach pinned links, but
-    // new bottles need the programs loaded.
+/// The loaded programs, shared so that a spare network can be attached off the manager's
+/// lock (an attach waits out an RCU grace period). The loaded objects own the programs;
+/// dropping them would not detach pinned links, but new bottles need the programs loaded.
+struct Programs {
     from_bottle: Ebpf,
     to_bottle: Ebpf,
+}
+
+/// Attaches both programs to an interface; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Attacher {
+    programs: Arc<Mutex<Programs>>,
+    pin_root: PathBuf,
+    mode: AttachMode,
+}
+
+pub struct Datapath {
+    attacher: Attacher,
     policy: HashMap<MapData, u32, BottlePolicy>,
     ports: HashMap<MapData, BottlePortKey, u8>,
     stats: PerCpuHashMap<MapData, u32, BottleCounters>,
@@ -163,8 +177,14 @@ impl Datapath {
             _ => AttachMode::Clsact,
         };
         Ok(Self {
-            from_bottle,
-            to_bottle,
+            attacher: Attacher {
+                programs: Arc::new(Mutex::new(Programs {
+                    from_bottle,
+                    to_bottle,
+                })),
+                pin_root: pin_root.to_path_buf(),
+                mode,
+            },
             policy,
             ports,
             stats,
@@ -228,56 +248,14 @@ impl Datapath {
             .map_err(map_err(POLICY_MAP))
     }
 
-    /// Attaches both programs to the host-side veth, first in the tcx chain, and pins the
-    /// links. On kernels without tcx, falls back to clsact filters.
-    pub fn attach(&mut self, id: &str, ifname: &str) -> Result<()> {
-        match self.mode {
-            AttachMode::Tcx => {
-                let dir = self.link_dir(id);
-                std::fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir {
-                    path: dir.clone(),
-                    source,
-                })?;
-                attach_tcx(
-                    &mut self.from_bottle,
-                    bottle_ebpf::FROM_BOTTLE_PROG,
-                    ifname,
-                    TcAttachType::Ingress,
-                    &dir.join(FROM_BOTTLE_LINK),
-                )?;
-                attach_tcx(
-                    &mut self.to_bottle,
-                    bottle_ebpf::TO_BOTTLE_PROG,
-                    ifname,
-                    TcAttachType::Egress,
-                    &dir.join(TO_BOTTLE_LINK),
-                )
-            }
-            AttachMode::Clsact => {
-                match tc::qdisc_add_clsact(ifname) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                    Err(source) => {
-                        return Err(DatapathError::Clsact {
-                            ifname: ifname.into(),
-                            source,
-                        })
-                    }
-                }
-                attach_clsact(
-                    &mut self.from_bottle,
-                    bottle_ebpf::FROM_BOTTLE_PROG,
-                    ifname,
-                    TcAttachType::Ingress,
-                )?;
-                attach_clsact(
-                    &mut self.to_bottle,
-                    bottle_ebpf::TO_BOTTLE_PROG,
-                    ifname,
-                    TcAttachType::Egress,
-                )
-            }
-        }
+    /// Attaches both programs to the host-side veth (see [`Attacher::attach`]).
+    pub fn attach(&self, id: &str, ifname: &str) -> Result<()> {
+        self.attacher.attach(id, ifname)
+    }
+
+    /// A handle that attaches programs without borrowing the datapath.
+    pub fn attacher(&self) -> Attacher {
+        self.attacher.clone()
     }
 
     /// Whether both of a bottle's links are still pinned (tcx), i.e. still enforcing.
@@ -377,6 +355,65 @@ impl Datapath {
         }
         let _ = self.policy.remove(&ifindex);
         let _ = self.stats.remove(&ifindex);
+    }
+}
+
+impl Attacher {
+    /// Attaches both programs to the host-side veth, first in the tcx chain, and pins the
+    /// links. On kernels without tcx, falls back to clsact filters.
+    pub fn attach(&self, id: &str, ifname: &str) -> Result<()> {
+        let mut programs = self
+            .programs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let programs = &mut *programs;
+        match self.mode {
+            AttachMode::Tcx => {
+                let dir = self.pin_root.join(id);
+                std::fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                attach_tcx(
+                    &mut programs.from_bottle,
+                    bottle_ebpf::FROM_BOTTLE_PROG,
+                    ifname,
+                    TcAttachType::Ingress,
+                    &dir.join(FROM_BOTTLE_LINK),
+                )?;
+                attach_tcx(
+                    &mut programs.to_bottle,
+                    bottle_ebpf::TO_BOTTLE_PROG,
+                    ifname,
+                    TcAttachType::Egress,
+                    &dir.join(TO_BOTTLE_LINK),
+                )
+            }
+            AttachMode::Clsact => {
+                match tc::qdisc_add_clsact(ifname) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(source) => {
+                        return Err(DatapathError::Clsact {
+                            ifname: ifname.into(),
+                            source,
+                        })
+                    }
+                }
+                attach_clsact(
+                    &mut programs.from_bottle,
+                    bottle_ebpf::FROM_BOTTLE_PROG,
+                    ifname,
+                    TcAttachType::Ingress,
+                )?;
+                attach_clsact(
+                    &mut programs.to_bottle,
+                    bottle_ebpf::TO_BOTTLE_PROG,
+                    ifname,
+                    TcAttachType::Egress,
+                )
+            }
+        }
     }
 }
 

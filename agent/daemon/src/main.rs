@@ -17,6 +17,7 @@ mod preflight;
 mod run;
 mod selfcheck;
 mod services;
+mod spare;
 mod state;
 mod stream;
 mod workspace;
@@ -234,6 +235,8 @@ async fn run(config: AgentConfig) -> ExitCode {
     info!(socket = %socket.display(), "bottle-agent ready");
     let manager = Arc::new(Mutex::new(manager));
     run::readopt(manager.clone()).await;
+    // After adoption, which removes a previous run's spares as orphans.
+    tokio::spawn(spare::keep(manager.clone()));
     let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     {
         Ok(s) => s,
@@ -243,11 +246,17 @@ async fn run(config: AgentConfig) -> ExitCode {
         }
     };
     tokio::select! {
-        () = api::serve(listener, manager) => {}
+        () = api::serve(listener, manager.clone()) => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; bottles stay up and enforced"),
         _ = sigterm.recv() => info!("terminated; bottles stay up and enforced"),
     }
     let _ = std::fs::remove_file(&socket);
+    // Spares are not bottles: none stays behind (one being made is waited for, bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while manager.lock().await.stop_spares() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    manager.lock().await.remove_spares().await;
     drop(lock);
     ExitCode::SUCCESS
 }

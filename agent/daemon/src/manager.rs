@@ -5,6 +5,7 @@
 //! gone no packet can flow, so removing the datapath programs afterwards never opens a gap.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bottle_api::{
@@ -14,6 +15,7 @@ use bottle_api::{
 use bottle_ebpf::maps::{BottleCounters, DropReason};
 use rand::Rng;
 use rtnetlink::Handle;
+use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
 use crate::config::AgentConfig;
@@ -25,6 +27,7 @@ use crate::netns::{self, NetnsError};
 use crate::network::{self, NetworkError};
 use crate::paths::{KILL_SWITCH_FILE, WORKLOAD_LOG};
 use crate::services::{ServiceSettings, Services, ServicesError, StoredPolicy};
+use crate::spare::{self, Spare, SpareJob};
 use crate::state::{self, Metadata, StateError, WorkloadRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +121,6 @@ struct Bottle {
 struct Names {
     netns: String,
     host: String,
-    peer: String,
 }
 
 pub struct Manager {
@@ -128,6 +130,12 @@ pub struct Manager {
     ipam: Ipam,
     bottles: BTreeMap<String, Bottle>,
     trust: bottle_proxy::UpstreamTrust,
+    /// Networks ready for the next creates (see `spare`).
+    spares: Vec<Spare>,
+    /// Ids of spares being made off the lock.
+    making: BTreeSet<String>,
+    /// Wakes the task that makes spares (`spare::keep`).
+    spares_wanted: Arc<Notify>,
 }
 
 fn now_secs() -> u64 {
@@ -159,6 +167,9 @@ impl Manager {
             ipam,
             bottles: BTreeMap::new(),
             trust,
+            spares: Vec::new(),
+            making: BTreeSet::new(),
+            spares_wanted: Arc::new(Notify::new()),
         }
     }
 
@@ -179,7 +190,6 @@ impl Manager {
         Names {
             netns: format!("{}{id}", self.config.netns_prefix),
             host: format!("{}{id}", self.config.veth_prefix),
-            peer: format!("{}{id}p", self.config.veth_prefix),
         }
     }
 
@@ -263,6 +273,8 @@ impl Manager {
         loop {
             let id = format!("{:08x}", rng.gen::<u32>());
             let taken = self.bottles.values().any(|b| b.meta.id == id)
+                || self.making.contains(&id)
+                || self.spares.iter().any(|s| s.id == id)
                 || netns::exists(&self.names(&id).netns)
                 || state::bottle_dir(&self.config.state_dir, &id).exists();
             if !taken {
@@ -293,13 +305,29 @@ impl Manager {
             .map(|d| d.secret_values.clone())
             .unwrap_or_default();
         let compiled = stored.compile(&req.secrets, secret_values, &self.config.upstream_hosts)?;
-        let id = self.new_id();
-        let name = req.name.unwrap_or_else(|| format!("bottle-{id}"));
-        validate_name(&name)?;
-        if self.bottles.contains_key(&name) {
-            return Err(ManagerError::NameTaken(name));
+        if let Some(name) = &req.name {
+            validate_name(name)?;
+            if self.bottles.contains_key(name) {
+                return Err(ManagerError::NameTaken(name.clone()));
+            }
         }
         let block = self.ipam.allocate()?;
+        // A spare network's id becomes the bottle's. The next spare is made once this create
+        // is done (below): making one holds the kernel's RTNL lock through RCU grace
+        // periods, and this bottle's links coming up need that lock too.
+        let spare = self.spares.pop();
+        let took_spare = spare.is_some();
+        let id = match &spare {
+            Some(s) => s.id.clone(),
+            None => self.new_id(),
+        };
+        let name = req.name.unwrap_or_else(|| format!("bottle-{id}"));
+        if self.bottles.contains_key(&name) {
+            // Only a generated name someone already chose by hand gets here.
+            self.spares.extend(spare);
+            self.ipam.release(block.index);
+            return Err(ManagerError::NameTaken(name));
+        }
         let names = self.names(&id);
         let meta = Metadata {
             id: id.clone(),
@@ -317,10 +345,21 @@ impl Manager {
             agent: None,
         };
         let mut ifindex = None;
-        match self
-            .build(&meta, &names, &mut ifindex, stored, compiled, &gate.keys)
-            .await
-        {
+        let built = self
+            .build(
+                &meta,
+                &names,
+                &mut ifindex,
+                spare.map(|s| s.ifindex),
+                stored,
+                compiled,
+                &gate.keys,
+            )
+            .await;
+        if took_spare {
+            self.spares_wanted.notify_one();
+        }
+        match built {
             Ok(services) => {
                 let bottle = Bottle {
                     meta,
@@ -335,7 +374,7 @@ impl Manager {
             }
             Err(e) => {
                 warn!(bottle = %name, error = %e, "create failed; rolling back");
-                let failures = self.teardown(&meta, ifindex).await;
+                let failures = self.teardown(&meta, ifindex, false).await;
                 self.ipam.release(block.index);
                 if !failures.is_empty() {
                     error!(bottle = %name, failures = %failures.join("; "), "rollback incomplete");
@@ -345,24 +384,48 @@ impl Manager {
         }
     }
 
-    /// Makes every kernel object of a bottle, then starts its services. `ifindex` is filled
-    /// in as soon as the veth exists so a rollback can find the map entries.
+    /// Makes every kernel object of a bottle (or takes them from a spare: `spare` is its
+    /// veth's index), then starts its services. `ifindex` is filled in as soon as the veth
+    /// exists so a rollback can find the map entries.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, each part distinct"
+    )]
     async fn build(
         &mut self,
         meta: &Metadata,
         names: &Names,
         ifindex: &mut Option<u32>,
+        spare: Option<u32>,
         stored: StoredPolicy,
         compiled: bottle_proxy::CompiledPolicy,
         gate_keys: &BTreeMap<String, bottle_api::gitgate::IdentityKey>,
     ) -> Result<Services> {
         let started = std::time::Instant::now();
         let step = |what: &str| debug!(bottle = %meta.name, step = what, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "create");
-        let netns_name = names.netns.clone();
-        tokio::task::spawn_blocking(move || netns::create(&netns_name)).await??;
-        step("netns");
-        self.veth_and_datapath(meta, names, ifindex).await?;
-        step("veth, datapath");
+        match spare {
+            Some(index) => {
+                // The programs are attached already and drop everything until the policy
+                // exists; both ends are still down.
+                *ifindex = Some(index);
+                let ports = self.config.service_ports.clone();
+                self.datapath.install(&BottleDatapath {
+                    ifindex: index,
+                    bottle: meta.bottle_address,
+                    gateway: meta.gateway_address,
+                    frozen: meta.frozen,
+                    ports: &ports,
+                })?;
+                step("spare, policy");
+            }
+            None => {
+                let netns_name = names.netns.clone();
+                tokio::task::spawn_blocking(move || netns::create(&netns_name)).await??;
+                step("netns");
+                self.veth_and_datapath(meta, names, ifindex).await?;
+                step("veth, datapath");
+            }
+        }
         let index = ifindex.unwrap_or_default();
         // Each end is configured in its own namespace, concurrently.
         let netns_name = names.netns.clone();
@@ -433,31 +496,132 @@ impl Manager {
         Ok(())
     }
 
+    /// Wakes the task that makes spares (`spare::keep`).
+    pub fn spares_wanted(&self) -> Arc<Notify> {
+        self.spares_wanted.clone()
+    }
+
+    /// The next spare to make, if fewer than `spare_networks` are ready or being made.
+    pub fn start_spare(&mut self) -> Option<SpareJob> {
+        if self.spares.len() + self.making.len() >= self.config.spare_networks {
+            return None;
+        }
+        let id = self.new_id();
+        self.making.insert(id.clone());
+        let names = self.names(&id);
+        Some(SpareJob {
+            id,
+            netns: names.netns,
+            host: names.host,
+            netlink: self.netlink.clone(),
+            attacher: self.datapath.attacher(),
+        })
+    }
+
+    /// Keeps a made spare, or removes what a failed one left.
+    pub async fn finish_spare(
+        &mut self,
+        job: &SpareJob,
+        ifindex: Option<u32>,
+        result: spare::Result<u32>,
+    ) {
+        self.making.remove(&job.id);
+        match result {
+            Ok(ifindex) => {
+                self.spares.push(Spare {
+                    id: job.id.clone(),
+                    ifindex,
+                });
+                debug!(id = %job.id, "spare network ready");
+            }
+            Err(_) => self.remove_spare(&job.id, ifindex).await,
+        }
+    }
+
+    /// Makes no more spares; true while one is still being made.
+    pub fn stop_spares(&mut self) -> bool {
+        self.config.spare_networks = 0;
+        !self.making.is_empty()
+    }
+
+    /// Removes every ready spare (a stopping agent leaves none behind).
+    pub async fn remove_spares(&mut self) {
+        for s in std::mem::take(&mut self.spares) {
+            self.remove_spare(&s.id, Some(s.ifindex)).await;
+        }
+    }
+
+    async fn remove_spare(&mut self, id: &str, ifindex: Option<u32>) {
+        let names = self.names(id);
+        let meta = Metadata {
+            id: id.into(),
+            name: format!("spare-{id}"),
+            owner_uid: 0,
+            created_at: 0,
+            launcher: "none".into(),
+            netns: names.netns,
+            host_interface: names.host,
+            bottle_address: std::net::Ipv4Addr::UNSPECIFIED,
+            gateway_address: std::net::Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            frozen: true,
+            workload: None,
+            agent: None,
+        };
+        let failures = self.teardown(&meta, ifindex, false).await;
+        if !failures.is_empty() {
+            error!(id = %id, failures = %failures.join("; "), "spare network removal incomplete");
+        }
+    }
+
     /// Removes whatever exists of a bottle, in an order that never lets traffic through
     /// unfiltered. Returns what could not be removed.
-    async fn teardown(&mut self, meta: &Metadata, ifindex: Option<u32>) -> Vec<String> {
+    ///
+    /// `exited`: the workload's init has been reaped. It ran in its own PID namespace, whose
+    /// other processes the kernel kills before the init can be reaped, so no process of the
+    /// workload is left: its leftovers (runc's record, cgroup, rootfs mounts) are then removed
+    /// while the veth goes, not before it. Deleting the veth waits out RCU grace periods in
+    /// the kernel; this hides the workload cleanup behind them.
+    async fn teardown(
+        &mut self,
+        meta: &Metadata,
+        ifindex: Option<u32>,
+        exited: bool,
+    ) -> Vec<String> {
+        let started = std::time::Instant::now();
+        let step = |what: &str| debug!(bottle = %meta.name, step = what, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "teardown");
         let mut failures = Vec::new();
         // The workload first (runc delete --force, then its rootfs): it must not outlive its
         // network, and the overlay can only be unmounted once its processes are gone. Run
         // whatever the recorded launcher, so a crash before the metadata said "runc" leaves
         // nothing behind either.
         let (run_dir, id) = (self.config.run_dir.clone(), meta.id.clone());
-        match tokio::task::spawn_blocking(move || {
+        let workload = tokio::task::spawn_blocking(move || {
             let mut f = launch::cleanup(&run_dir, &id);
             f.extend(launch::remove_home(&run_dir, &id));
             f
-        })
-        .await
-        {
-            Ok(f) => failures.extend(f),
-            Err(e) => failures.push(e.to_string()),
+        });
+        let mut workload = Some(workload);
+        if !exited {
+            if let Some(w) = workload.take() {
+                match w.await {
+                    Ok(f) => failures.extend(f),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            step("workload");
         }
+        // Deleting one end of a veth deletes both (the peer is born inside the namespace).
         if let Err(e) = network::delete_link(&self.netlink, &meta.host_interface).await {
             failures.push(e.to_string());
         }
-        let peer = self.names(&meta.id).peer;
-        if let Err(e) = network::delete_link(&self.netlink, &peer).await {
-            failures.push(e.to_string());
+        step("veth");
+        if let Some(w) = workload.take() {
+            match w.await {
+                Ok(f) => failures.extend(f),
+                Err(e) => failures.push(e.to_string()),
+            }
+            step("workload (exited)");
         }
         let netns_name = meta.netns.clone();
         match tokio::task::spawn_blocking(move || netns::remove(&netns_name)).await {
@@ -465,17 +629,21 @@ impl Manager {
             Ok(Err(e)) => failures.push(e.to_string()),
             Err(e) => failures.push(e.to_string()),
         }
+        step("netns");
         if let Err(e) = netns::remove_etc(&meta.netns) {
             failures.push(format!("remove /etc/netns/{}: {e}", meta.netns));
         }
         if let Err(e) = crate::workspace::remove(&self.config.state_dir, &meta.id) {
             failures.push(e);
         }
+        step("etc, workspace");
         let ports = self.config.service_ports.clone();
         failures.extend(self.datapath.uninstall(&meta.id, ifindex, &ports));
+        step("datapath");
         if let Err(e) = state::remove_bottle_dir(&self.config.state_dir, &meta.id) {
             failures.push(e);
         }
+        step("state");
         failures
     }
 
@@ -483,7 +651,16 @@ impl Manager {
     /// finishing after its bottle was removed (and the name reused) must not remove the new one.
     pub async fn remove_if_id(&mut self, caller: Caller, name: &str, id: &str) -> Result<()> {
         match self.bottles.get(name) {
-            Some(b) if b.meta.id == id => self.remove(caller, name).await,
+            Some(b) if b.meta.id == id => self.remove_with(caller, name, false).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Self::remove_if_id`] for a run whose workload's init has been reaped: its cleanup
+    /// overlaps the network's removal (see [`Self::teardown`]).
+    pub async fn remove_exited(&mut self, caller: Caller, name: &str, id: &str) -> Result<()> {
+        match self.bottles.get(name) {
+            Some(b) if b.meta.id == id => self.remove_with(caller, name, true).await,
             _ => Ok(()),
         }
     }
@@ -502,13 +679,21 @@ impl Manager {
     }
 
     pub async fn remove(&mut self, caller: Caller, name: &str) -> Result<()> {
+        self.remove_with(caller, name, false).await
+    }
+
+    async fn remove_with(&mut self, caller: Caller, name: &str, exited: bool) -> Result<()> {
         self.visible(caller, name)?;
         let Some(mut bottle) = self.bottles.remove(name) else {
             return Err(ManagerError::NotFound(name.into()));
         };
         // Services first: nothing answers the bottle any more.
+        let t = std::time::Instant::now();
         drop(bottle.services.take());
-        let failures = self.teardown(&bottle.meta, Some(bottle.ifindex)).await;
+        debug!(bottle = %name, services_us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX), "services stopped");
+        let failures = self
+            .teardown(&bottle.meta, Some(bottle.ifindex), exited)
+            .await;
         if let Some(block) = bottle.block {
             self.ipam.release(block.index);
         }
@@ -835,7 +1020,7 @@ impl Manager {
             };
             if let Some(reason) = reason {
                 warn!(bottle = %meta.name, id = %meta.id, reason, "removing orphaned bottle state");
-                let failures = self.teardown(&meta, ifindex).await;
+                let failures = self.teardown(&meta, ifindex, false).await;
                 if !failures.is_empty() {
                     error!(bottle = %meta.name, failures = %failures.join("; "), "orphan removal incomplete");
                 }

@@ -6,6 +6,7 @@
 //! not addressed to the gateway, and forwarding is also switched off on the host-side veth.
 
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -155,7 +156,8 @@ pub async fn configure_host_side(
         .up()
         .execute()
         .await
-        .map_err(nl(format!("set {ifname} up")))
+        .map_err(nl(format!("set {ifname} up")))?;
+    wait_oper_up(handle, ifindex, ifname).await
 }
 
 /// Inside the bottle: IPv6 off, `lo` up, `eth0` with the bottle address, up, default route
@@ -171,6 +173,7 @@ pub fn configure_inside(
         write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()
             .map_err(NetworkError::Runtime)?;
         rt.block_on(async move {
@@ -208,9 +211,44 @@ pub fn configure_inside(
                 .gateway(gateway)
                 .execute()
                 .await
-                .map_err(nl(format!("add default route via {gateway}")))
+                .map_err(nl(format!("add default route via {gateway}")))?;
+            wait_oper_up(&handle, eth, "eth0").await
         })
     })?
+}
+
+/// Bound on [`wait_oper_up`].
+const OPER_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits (bounded) until the kernel reports link `index` operationally up. A veth that was
+/// just set up gets its carrier and queueing discipline asynchronously, from a kernel worker
+/// that needs the RTNL lock; until then whatever is sent is dropped, and a lost first ARP
+/// request costs the bottle's first connection a 1 s retransmission. Not coming up in time
+/// is logged, not an error: the bottle is no less confined, only slower to start talking.
+async fn wait_oper_up(handle: &Handle, index: u32, name: &str) -> Result<()> {
+    use netlink_packet_route::link::State;
+    let deadline = Instant::now() + OPER_UP_TIMEOUT;
+    loop {
+        let mut links = handle.link().get().match_index(index).execute();
+        if let Some(link) = links
+            .try_next()
+            .await
+            .map_err(nl(format!("look up {name}")))?
+        {
+            if link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(link = name, "link not operationally up after 2 s; going on");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Host routes (any table) that overlap `pool`, other than default routes and routes through

@@ -608,6 +608,8 @@ impl Job {
     /// Runs on its own thread: reaps the workload, drains its output, cleans up, sends the
     /// trailer.
     fn supervise(mut self) {
+        let begun = Instant::now();
+        let us = |t: Instant| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
         let code = match &mut self.wait {
             Wait::Direct => self.wait_direct(),
             Wait::Keeper(keeper) => {
@@ -616,18 +618,30 @@ impl Job {
             }
             Wait::Orphan => self.wait_orphan(),
         };
+        let waited = Instant::now();
         let deadline = Instant::now() + DRAIN_TIMEOUT;
+        // The readers usually end within a millisecond of the exit: a short tick, since
+        // this wait is part of every foreground run's latency.
         for r in &self.readers {
             while !r.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         if self.readers.iter().any(|r| !r.is_finished()) {
             warn!(bottle = %self.name, "workload output still open after exit; not waiting for it");
         }
         // The cgroup (and its OOM counter) disappears with `runc delete`.
+        let drained = Instant::now();
         let oom = code == Some(137) && launch::oom_killed(&self.id);
-        let mut problems = launch::cleanup(&self.run_dir, &self.id);
+        // With `--rm` and a reaped init, the removal below cleans the workload up while the
+        // network goes (see `Manager::teardown`); otherwise it is cleaned up here, first.
+        let overlap = self.remove && code.is_some();
+        let mut problems = if overlap {
+            Vec::new()
+        } else {
+            launch::cleanup(&self.run_dir, &self.id)
+        };
+        let cleaned = Instant::now();
         let (code, reason) = match code {
             Some(c) => (c, oom.then(|| "out of memory".to_owned())),
             None => (
@@ -656,12 +670,30 @@ impl Job {
                 self.id.clone(),
             );
             let removed = self.handle.block_on(async move {
-                manager.lock().await.remove_if_id(caller, &name, &id).await
+                let mut m = manager.lock().await;
+                if overlap {
+                    m.remove_exited(caller, &name, &id).await
+                } else {
+                    m.remove_if_id(caller, &name, &id).await
+                }
             });
             if let Err(e) = removed {
                 problems.push(e.to_string());
             }
+            if overlap {
+                // Finds nothing left unless the bottle was no longer this run's (removed
+                // and its name reused): then the workload's leftovers still go.
+                problems.extend(launch::cleanup(&self.run_dir, &self.id));
+            }
         }
+        debug!(
+            bottle = %self.name,
+            wait_us = us(begun) - us(waited),
+            drain_us = us(waited) - us(drained),
+            cleanup_us = us(drained) - us(cleaned),
+            remove_us = us(cleaned),
+            "run finished"
+        );
         for p in &problems {
             error!(bottle = %self.name, problem = %p, "cleanup after run");
             if let Some(tx) = &self.tx {

@@ -93,7 +93,10 @@ pub fn check(netns_name: &str, gateway: Ipv4Addr, bundle: &[u8]) -> Result<()> {
 
 fn handshake(config: Arc<ClientConfig>, addr: SocketAddr) -> Result<()> {
     let connect = |source| SelfCheckError::Connect { addr, source };
+    let begun = std::time::Instant::now();
+    let us = |t: std::time::Instant| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
     let mut sock = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(connect)?;
+    let connect_us = us(begun);
     sock.set_read_timeout(Some(TIMEOUT)).map_err(connect)?;
     sock.set_write_timeout(Some(TIMEOUT)).map_err(connect)?;
     // The handshake is a few small writes each way: without this, delayed ACKs can add 40 ms.
@@ -105,12 +108,19 @@ fn handshake(config: Arc<ClientConfig>, addr: SocketAddr) -> Result<()> {
         conn.complete_io(&mut sock)
             .map_err(|e| SelfCheckError::Handshake(e.to_string()))?;
     }
+    let handshake_us = us(begun);
     // Done: say goodbye (best effort) and drain what the proxy sends until it closes.
     conn.send_close_notify();
     let _ = conn.complete_io(&mut sock);
     let _ = sock.flush();
     let mut sink = [0u8; 256];
     let _ = sock.read(&mut sink);
+    tracing::debug!(
+        connect_us,
+        handshake_us,
+        total_us = us(begun),
+        "trust check"
+    );
     Ok(())
 }
 

@@ -1,0 +1,132 @@
+//! End-to-end tests of spare networks (`spare_networks`): made ahead of time, dropping
+//! everything until a create takes one, invisible to `ls`, replaced after use, removed as
+//! orphans by a restarted agent and by a stopping one.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bottle_api::BottleInfo;
+use bottle_tests::*;
+
+const EXTRA: &str = "spare_networks = 1\nservice_ports = [\"udp/53\", \"tcp/7001\"]";
+const ALLOWED: u16 = 7001;
+
+/// Waits (bounded) until the slot has exactly `n` namespaces, and returns them.
+fn wait_netns(agent: &Agent, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let names = netns_with_prefix(&agent.slot.netns_prefix);
+        if names.len() == n {
+            return names;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} namespaces, have {names:?}:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (bounded) until the agent has handed spare `id` over as ready (its debug log).
+fn wait_ready(agent: &Agent, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent
+        .log()
+        .lines()
+        .any(|l| l.contains("spare network ready") && l.contains(id))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "spare {id} never ready:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ls(agent: &Agent) -> Vec<String> {
+    let list: Vec<BottleInfo> = serde_json::from_str(&agent.ok(&["ls", "--json"])).unwrap();
+    list.into_iter().map(|b| b.name).collect()
+}
+
+fn policy_entries(agent: &Agent) -> String {
+    let out = Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(agent.slot.pin_root.join("maps/bottle_policy"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn privileged_spare_network_is_closed_unseen_used_and_never_left_behind() {
+    if !privileged("privileged_spare_network_is_closed_unseen_used_and_never_left_behind") {
+        return;
+    }
+    let mut agent = Agent::start(91, EXTRA);
+    // One spare: namespace, veth, pinned links; no bottle, and no policy (drops all).
+    let spare = wait_netns(&agent, 1).remove(0);
+    let spare_id = spare
+        .strip_prefix(&agent.slot.netns_prefix)
+        .unwrap()
+        .to_string();
+    wait_ready(&agent, &spare_id);
+    assert!(ls(&agent).is_empty());
+    assert_eq!(
+        links_with_prefix(&agent.slot.veth_prefix),
+        vec![format!("{}{spare_id}", agent.slot.veth_prefix)]
+    );
+    assert!(agent.slot.pin_root.join(&spare_id).exists());
+    let policy = policy_entries(&agent);
+    assert!(
+        policy.contains("Found 0 elements") || policy.trim() == "[]",
+        "a spare must have no policy: {policy}"
+    );
+    assert!(!agent.state_dir().join(&spare_id).exists());
+    // `rm` does not know it.
+    assert!(!agent
+        .bottle(&["rm", &format!("bottle-{spare_id}")])
+        .status
+        .success());
+
+    // A create takes it, works like any bottle, and a new spare follows.
+    let a = agent.create("alpha");
+    assert_eq!(a.id, spare_id);
+    assert_eq!(a.netns, spare);
+    let gw = SocketAddr::V4(SocketAddrV4::new(a.gateway_address, ALLOWED));
+    let _listener = Listener::bind(gw);
+    assert!(in_netns(&a.netns, move || tcp_connects(gw, None)));
+    let both = wait_netns(&agent, 2);
+    let next = both.iter().find(|n| **n != a.netns).unwrap().clone();
+    assert_eq!(ls(&agent), ["alpha"]);
+
+    // Removing the bottle leaves only the new spare.
+    agent.ok(&["rm", "alpha"]);
+    assert_eq!(
+        netns_with_prefix(&agent.slot.netns_prefix),
+        vec![next.clone()]
+    );
+    assert!(!agent.slot.pin_root.join(&a.id).exists());
+
+    // A restarted agent removes the old spare as an orphan and makes a fresh one.
+    agent.kill9();
+    agent.spawn();
+    let fresh = wait_netns(&agent, 1).remove(0);
+    assert_ne!(fresh, next);
+    assert!(agent.log().contains("removing orphaned network namespace"));
+    assert!(ls(&agent).is_empty());
+
+    // A stopping agent removes its spare itself.
+    agent.stop();
+    assert!(netns_with_prefix(&agent.slot.netns_prefix).is_empty());
+    assert!(links_with_prefix(&agent.slot.veth_prefix).is_empty());
+    let pins: Vec<_> = std::fs::read_dir(&agent.slot.pin_root)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert_eq!(pins, ["maps"]);
+}
