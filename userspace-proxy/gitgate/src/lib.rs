@@ -16,9 +16,11 @@
 //! libgit2.
 
 pub mod gate;
+pub mod packcheck;
 pub mod pktline;
 pub mod refpolicy;
 pub mod scan;
+pub mod sendpack;
 pub mod server;
 pub mod stats;
 pub mod upstream;

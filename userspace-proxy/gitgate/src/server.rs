@@ -122,6 +122,8 @@ pub async fn handle(
 fn upstream_limits(ctx: &GateContext) -> UpstreamLimits {
     UpstreamLimits {
         deadline: ctx.limits.upstream_deadline,
+        connect: ctx.limits.upstream_connect_timeout,
+        io: ctx.limits.upstream_io_timeout,
     }
 }
 
@@ -861,7 +863,7 @@ fn decide_and_forward(
         return (results, Vec::new());
     }
     let scanned = started.elapsed();
-    let outcome = upstream::push(&q, &repo.cfg, &refspecs, up);
+    let outcome = forward(repo, &mirror, &q, quarantine, &results, &refspecs, up);
     info!(
         repo = %repo.cfg.name,
         commits = totals.commits,
@@ -926,6 +928,114 @@ fn decide_and_forward(
         }
     }
     (results, messages)
+}
+
+/// Forwards the accepted updates: the client's own pack over SSH when every update was
+/// accepted and the pack holds nothing but what those updates bring (or what the mirror, so
+/// the upstream, already has); libgit2's push (which re-packs exactly the reachable objects)
+/// otherwise.
+fn forward(
+    repo: &GateRepo,
+    mirror: &git2::Repository,
+    q: &git2::Repository,
+    quarantine: &std::path::Path,
+    results: &[RefResult],
+    refspecs: &[String],
+    up: UpstreamLimits,
+) -> Result<upstream::PushOutcome, UpstreamError> {
+    let checked = std::time::Instant::now();
+    let fast = fast_path_pack(mirror, q, quarantine, results);
+    debug!(
+        check_ms = u64::try_from(checked.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "pack checked"
+    );
+    match fast {
+        Err(why) => debug!(repo = %repo.cfg.name, %why, "forwarding with libgit2"),
+        Ok(pack) => {
+            let updates: Vec<crate::sendpack::Update> = results
+                .iter()
+                .map(|r| crate::sendpack::Update {
+                    old: r.cmd.old,
+                    new: r.cmd.new,
+                    refname: r.cmd.refname.clone(),
+                })
+                .collect();
+            let tips = mirror_tips(mirror);
+            match upstream::push_pack(&repo.cfg, &updates, &tips, pack.as_deref(), up)? {
+                crate::sendpack::Outcome::Done(o) => return Ok(o),
+                crate::sendpack::Outcome::Fallback(why) => {
+                    info!(repo = %repo.cfg.name, %why, "forwarding with libgit2");
+                }
+            }
+        }
+    }
+    upstream::push(q, &repo.cfg, refspecs, up)
+}
+
+/// The refs the gate advertises to a pushing client (the client leaves out what they reach).
+fn mirror_tips(mirror: &git2::Repository) -> Vec<pktline::Hex> {
+    let mut tips = Vec::new();
+    if let Ok(refs) = mirror.references() {
+        for r in refs.flatten() {
+            if let (Some(name), Some(oid)) = (r.name(), r.target()) {
+                if name.starts_with("refs/heads/") || name.starts_with("refs/tags/") {
+                    if let Some(h) = pktline::Hex::parse(oid.to_string().as_bytes()) {
+                        tips.push(h);
+                    }
+                }
+            }
+        }
+    }
+    tips
+}
+
+/// The quarantine's pack, if the client's pack may go upstream as it is: every update was
+/// accepted (a refused update's objects must not leave), and every object of the pack is
+/// either already in the mirror or reachable from the pushed tips (an unreachable object was
+/// never scanned). `Ok(None)`: a delete-only push, no pack. `Err`: why not.
+fn fast_path_pack(
+    mirror: &git2::Repository,
+    q: &git2::Repository,
+    quarantine: &std::path::Path,
+    results: &[RefResult],
+) -> Result<Option<std::path::PathBuf>, String> {
+    if results.iter().any(|r| r.ng.is_some()) {
+        return Err("some updates were refused".into());
+    }
+    let mut packs: Vec<std::path::PathBuf> = std::fs::read_dir(quarantine.join("objects/pack"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    let tips: Vec<git2::Oid> = results
+        .iter()
+        .filter(|r| !r.cmd.is_delete())
+        .filter_map(|r| git2::Oid::from_str(r.cmd.new.as_str()).ok())
+        .collect();
+    if tips.is_empty() {
+        return if packs.is_empty() {
+            Ok(None)
+        } else {
+            Err("a delete-only push came with a pack".into())
+        };
+    }
+    let (Some(pack), true) = (packs.pop(), packs.is_empty()) else {
+        return Err("not exactly one pack in the quarantine".into());
+    };
+    let idx = std::fs::read(pack.with_extension("idx")).map_err(|e| e.to_string())?;
+    let ids = crate::packcheck::index_ids(&idx).map_err(|e| e.to_string())?;
+    let odb = mirror.odb().map_err(|e| e.message().to_string())?;
+    let mut fresh: std::collections::HashSet<git2::Oid> =
+        ids.into_iter().filter(|id| !odb.exists(*id)).collect();
+    crate::packcheck::strike_reachable(q, &tips, &mut fresh).map_err(|e| e.to_string())?;
+    if let Some(stray) = fresh.iter().next() {
+        return Err(format!(
+            "the pack holds {} object(s) no pushed ref reaches, e.g. {stray}",
+            fresh.len()
+        ));
+    }
+    Ok(Some(pack))
 }
 
 /// Moves the quarantine's packs into the mirror: `.pack` before `.idx`, so a reader never

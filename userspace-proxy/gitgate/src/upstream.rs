@@ -40,6 +40,9 @@ pub type Result<T> = std::result::Result<T, UpstreamError>;
 pub struct UpstreamLimits {
     /// Whole-operation deadline (checked in libgit2's progress callbacks).
     pub deadline: Duration,
+    /// Connect and per-read/write timeouts of the fast path (libgit2 has its own, global).
+    pub connect: Duration,
+    pub io: Duration,
 }
 
 /// Sets libgit2's socket connect and I/O timeouts (process-wide).
@@ -311,5 +314,45 @@ pub fn push(
         refs: outcomes.into_inner(),
         messages: messages.into_inner(),
         bytes: bytes.get(),
+    })
+}
+
+/// The fast path: hands the upstream the client's own pack over SSH ([`crate::sendpack`]).
+/// `Ok(Outcome::Fallback)` when it cannot (an HTTPS upstream, missing capabilities, ...): nothing
+/// changed upstream and the caller uses [`push`].
+pub fn push_pack(
+    repo: &RepoConfig,
+    updates: &[crate::sendpack::Update],
+    mirror_tips: &[crate::pktline::Hex],
+    pack: Option<&Path>,
+    limits: UpstreamLimits,
+) -> Result<crate::sendpack::Outcome> {
+    use crate::sendpack::{self, Outcome, SendPackError};
+    let Some(url) = sendpack::parse_ssh_url(&repo.url) else {
+        return Ok(Outcome::Fallback(
+            "not an ssh:// URL the fast path handles".into(),
+        ));
+    };
+    let (pinned, key) = preflight(repo)?;
+    let sp_limits = sendpack::Limits {
+        connect: limits.connect,
+        io: limits.io,
+        deadline: limits.deadline,
+    };
+    sendpack::send_pack(&url, &pinned, &key, updates, mirror_tips, pack, sp_limits).map_err(|e| {
+        match e {
+            SendPackError::HostKeyMismatch => UpstreamError::HostKeyMismatch {
+                repo: repo.name.clone(),
+            },
+            SendPackError::Timeout(_) => UpstreamError::Timeout {
+                repo: repo.name.clone(),
+                secs: limits.deadline.as_secs(),
+            },
+            SendPackError::Failed(message) => UpstreamError::Git {
+                repo: repo.name.clone(),
+                op: "push",
+                message: message.chars().take(500).collect(),
+            },
+        }
     })
 }
