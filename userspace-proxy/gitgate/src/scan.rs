@@ -183,7 +183,7 @@ pub fn scan_commits(
     }
     let path = repo.path().to_path_buf();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<Result<(Vec<Hit>, u64)>>>> = commits
+    let slots: Vec<std::sync::Mutex<Option<CommitScan>>> = commits
         .iter()
         .map(|_| std::sync::Mutex::new(None))
         .collect();
@@ -227,6 +227,9 @@ pub fn scan_commits(
     }
     Ok(hits)
 }
+
+/// One commit's hits and scanned bytes.
+type CommitScan = Result<(Vec<Hit>, u64)>;
 
 /// Commits at which a scan goes parallel, and the most threads it uses.
 const PARALLEL_FROM: usize = 16;

@@ -354,19 +354,36 @@ pub fn parse_report(data: &[u8]) -> Result<Option<Report>> {
     }
 }
 
-/// Pushes `updates` to the upstream at `url`, sending `pack` (the quarantine's pack file; `None`
-/// when every update is a delete).
+/// A connection to the upstream's `git-receive-pack` that has read the ref advertisement and
+/// sent nothing yet. Dropping it ends the session; the upstream changes nothing.
+pub struct Opened {
+    conn: Conn,
+    adv: Advertisement,
+}
+
+impl Opened {
+    /// How long ago the connection was made.
+    pub fn age(&self) -> Duration {
+        self.conn.started.elapsed()
+    }
+}
+
+/// Connects (host key pin checked before authenticating) and reads the ref advertisement.
+pub fn open(url: &SshUrl, pinned: &[Vec<u8>], key: &str, limits: Limits) -> Result<Opened> {
+    let mut conn = connect(url, pinned, key, limits)?;
+    let adv = read_advertisement(&mut conn)?;
+    Ok(Opened { conn, adv })
+}
+
+/// Pushes `updates` over `opened`, sending `pack` (the quarantine's pack file; `None` when
+/// every update is a delete).
 pub fn send_pack(
-    url: &SshUrl,
-    pinned: &[Vec<u8>],
-    key: &str,
+    opened: Opened,
     updates: &[Update],
     mirror_tips: &[Hex],
     pack: Option<&Path>,
-    limits: Limits,
 ) -> Result<Outcome> {
-    let mut conn = connect(url, pinned, key, limits)?;
-    let adv = read_advertisement(&mut conn)?;
+    let Opened { mut conn, adv } = opened;
     let connected = conn.started.elapsed();
     for cap in ["report-status", "side-band-64k", "ofs-delta"] {
         if !adv.has(cap) {

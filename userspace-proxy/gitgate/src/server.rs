@@ -727,6 +727,20 @@ fn decide_and_forward(
         (Ok(m), Ok(q)) => (m, q),
         _ => return fail_all("cannot open the mirror".into()),
     };
+    // While the commits are scanned: connect to the upstream (nothing is sent before the scan
+    // passes) and check whether the client's pack can go upstream as it is.
+    let pre = upstream::preconnect(&repo.cfg, up);
+    let pack_check = {
+        let (m, qd) = (repo.dir.clone(), quarantine.to_path_buf());
+        let tips: Vec<git2::Oid> = commands
+            .iter()
+            .filter(|c| !c.is_delete())
+            .filter_map(|c| git2::Oid::from_str(c.new.as_str()).ok())
+            .collect();
+        std::thread::Builder::new()
+            .name("git-gate-packcheck".into())
+            .spawn(move || pack_fits(&m, &qd, &tips))
+    };
     let mut known = Vec::new();
     let mut current = std::collections::HashMap::new();
     if let Ok(refs) = mirror.references() {
@@ -863,7 +877,13 @@ fn decide_and_forward(
         return (results, Vec::new());
     }
     let scanned = started.elapsed();
-    let outcome = forward(repo, &mirror, &q, quarantine, &results, &refspecs, up);
+    let fits = match pack_check {
+        Ok(h) => h
+            .join()
+            .unwrap_or_else(|_| Err("the pack check failed".into())),
+        Err(e) => Err(e.to_string()),
+    };
+    let outcome = forward(repo, &mirror, &q, fits, pre, &results, &refspecs, up);
     info!(
         repo = %repo.cfg.name,
         commits = totals.commits,
@@ -932,24 +952,26 @@ fn decide_and_forward(
 
 /// Forwards the accepted updates: the client's own pack over SSH when every update was
 /// accepted and the pack holds nothing but what those updates bring (or what the mirror, so
-/// the upstream, already has); libgit2's push (which re-packs exactly the reachable objects)
-/// otherwise.
+/// the upstream, already has; `fits`); libgit2's push (which re-packs exactly the reachable
+/// objects) otherwise.
+#[allow(clippy::too_many_arguments)]
 fn forward(
     repo: &GateRepo,
     mirror: &git2::Repository,
     q: &git2::Repository,
-    quarantine: &std::path::Path,
+    fits: Result<Option<std::path::PathBuf>, String>,
+    pre: Option<upstream::Preconnect>,
     results: &[RefResult],
     refspecs: &[String],
     up: UpstreamLimits,
 ) -> Result<upstream::PushOutcome, UpstreamError> {
-    let checked = std::time::Instant::now();
-    let fast = fast_path_pack(mirror, q, quarantine, results);
-    debug!(
-        check_ms = u64::try_from(checked.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "pack checked"
-    );
-    match fast {
+    let fits = if results.iter().any(|r| r.ng.is_some()) {
+        // A refused update's objects must not leave.
+        Err("some updates were refused".to_string())
+    } else {
+        fits
+    };
+    match fits {
         Err(why) => debug!(repo = %repo.cfg.name, %why, "forwarding with libgit2"),
         Ok(pack) => {
             let updates: Vec<crate::sendpack::Update> = results
@@ -961,7 +983,7 @@ fn forward(
                 })
                 .collect();
             let tips = mirror_tips(mirror);
-            match upstream::push_pack(&repo.cfg, &updates, &tips, pack.as_deref(), up)? {
+            match upstream::push_pack(&repo.cfg, pre, &updates, &tips, pack.as_deref(), up)? {
                 crate::sendpack::Outcome::Done(o) => return Ok(o),
                 crate::sendpack::Outcome::Fallback(why) => {
                     info!(repo = %repo.cfg.name, %why, "forwarding with libgit2");
@@ -989,29 +1011,21 @@ fn mirror_tips(mirror: &git2::Repository) -> Vec<pktline::Hex> {
     tips
 }
 
-/// The quarantine's pack, if the client's pack may go upstream as it is: every update was
-/// accepted (a refused update's objects must not leave), and every object of the pack is
-/// either already in the mirror or reachable from the pushed tips (an unreachable object was
-/// never scanned). `Ok(None)`: a delete-only push, no pack. `Err`: why not.
-fn fast_path_pack(
-    mirror: &git2::Repository,
-    q: &git2::Repository,
+/// The quarantine's pack, if it may go upstream as it is once every update is accepted: each
+/// of its objects is either already in the mirror or reachable from the pushed `tips` (an
+/// unreachable object was never scanned). `Ok(None)`: a delete-only push, no pack.
+/// `Err`: why not.
+fn pack_fits(
+    mirror: &std::path::Path,
     quarantine: &std::path::Path,
-    results: &[RefResult],
+    tips: &[git2::Oid],
 ) -> Result<Option<std::path::PathBuf>, String> {
-    if results.iter().any(|r| r.ng.is_some()) {
-        return Err("some updates were refused".into());
-    }
+    let started = std::time::Instant::now();
     let mut packs: Vec<std::path::PathBuf> = std::fs::read_dir(quarantine.join("objects/pack"))
         .map_err(|e| e.to_string())?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .collect();
-    let tips: Vec<git2::Oid> = results
-        .iter()
-        .filter(|r| !r.cmd.is_delete())
-        .filter_map(|r| git2::Oid::from_str(r.cmd.new.as_str()).ok())
         .collect();
     if tips.is_empty() {
         return if packs.is_empty() {
@@ -1023,12 +1037,21 @@ fn fast_path_pack(
     let (Some(pack), true) = (packs.pop(), packs.is_empty()) else {
         return Err("not exactly one pack in the quarantine".into());
     };
+    let git = |e: git2::Error| e.message().to_string();
+    let (mirror, q) = (
+        git2::Repository::open_bare(mirror).map_err(git)?,
+        git2::Repository::open_bare(quarantine).map_err(git)?,
+    );
     let idx = std::fs::read(pack.with_extension("idx")).map_err(|e| e.to_string())?;
     let ids = crate::packcheck::index_ids(&idx).map_err(|e| e.to_string())?;
-    let odb = mirror.odb().map_err(|e| e.message().to_string())?;
+    let odb = mirror.odb().map_err(git)?;
     let mut fresh: std::collections::HashSet<git2::Oid> =
         ids.into_iter().filter(|id| !odb.exists(*id)).collect();
-    crate::packcheck::strike_reachable(q, &tips, &mut fresh).map_err(|e| e.to_string())?;
+    crate::packcheck::strike_reachable(&q, tips, &mut fresh).map_err(|e| e.to_string())?;
+    debug!(
+        check_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "pack checked"
+    );
     if let Some(stray) = fresh.iter().next() {
         return Err(format!(
             "the pack holds {} object(s) no pushed ref reaches, e.g. {stray}",
