@@ -1155,6 +1155,56 @@ mod tests {
         assert!(!bottle_api::gitgate::is_repo_name("../x"));
     }
 
+    /// A mirror with one commit, and a quarantine holding a pack of a second commit on top,
+    /// plus `stray` (an object no ref reaches) when asked.
+    fn quarantined_push(stray: bool) -> (tempfile::TempDir, tempfile::TempDir, git2::Oid) {
+        let mdir = tempfile::tempdir().unwrap();
+        let mirror = git2::Repository::init_bare(mdir.path()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let commit = |repo: &git2::Repository, parent: Option<git2::Oid>, content: &[u8]| {
+            let blob = repo.blob(content).unwrap();
+            let mut tb = repo.treebuilder(None).unwrap();
+            tb.insert("f", blob, 0o100_644).unwrap();
+            let tree = repo.find_tree(tb.write().unwrap()).unwrap();
+            let parents: Vec<git2::Commit> = parent
+                .map(|p| repo.find_commit(p).unwrap())
+                .into_iter()
+                .collect();
+            let refs: Vec<&git2::Commit> = parents.iter().collect();
+            repo.commit(None, &sig, &sig, "m", &tree, &refs).unwrap()
+        };
+        let base = commit(&mirror, None, b"base\n");
+        mirror
+            .reference("refs/heads/main", base, true, "t")
+            .unwrap();
+        let q = make_quarantine(mdir.path()).unwrap();
+        let qrepo = git2::Repository::open_bare(q.path()).unwrap();
+        let tip = commit(&qrepo, Some(base), b"next\n");
+        let mut pb = qrepo.packbuilder().unwrap();
+        pb.insert_commit(tip).unwrap();
+        if stray {
+            let junk = qrepo.blob(b"never scanned: no ref reaches it\n").unwrap();
+            pb.insert_object(junk, None).unwrap();
+        }
+        pb.write(&q.path().join("objects/pack"), 0o644).unwrap();
+        drop(pb);
+        drop(qrepo);
+        (mdir, q, tip)
+    }
+
+    #[test]
+    fn the_clients_pack_goes_upstream_only_if_the_pushed_tips_reach_all_of_it() {
+        let (m, q, tip) = quarantined_push(false);
+        let pack = pack_fits(m.path(), q.path(), &[tip]).unwrap().unwrap();
+        assert_eq!(pack.extension().unwrap(), "pack");
+        let (m, q, tip) = quarantined_push(true);
+        let why = pack_fits(m.path(), q.path(), &[tip]).unwrap_err();
+        assert!(why.contains("no pushed ref reaches"), "{why}");
+        // A delete-only push has no pack to send; one that comes with a pack is not trusted.
+        let (m, q, _) = quarantined_push(false);
+        assert!(pack_fits(m.path(), q.path(), &[]).is_err());
+    }
+
     #[test]
     fn report_with_sidebands() {
         let push = PushRequest {
