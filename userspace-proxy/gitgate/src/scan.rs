@@ -161,8 +161,89 @@ pub fn scan_commits(
     limits: &ScanLimits,
     totals: &mut ScanTotals,
 ) -> Result<Vec<Hit>> {
+    // Commits are independent: large pushes are scanned on a few threads (each with its own
+    // handle on the repository), and the results are merged in commit order, so the outcome
+    // (which hits, which error, where the hit limit cuts) is the sequential one.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_SCAN_THREADS);
+    if threads < 2 || commits.len() < PARALLEL_FROM {
+        let mut hits = Vec::new();
+        for &oid in commits {
+            let (found, bytes) = scan_one(repo, oid, rules, limits)?;
+            totals.commits += 1;
+            totals.bytes += bytes;
+            hits.extend(found);
+            if hits.len() >= limits.max_hits {
+                hits.truncate(limits.max_hits);
+                return Ok(hits);
+            }
+        }
+        return Ok(hits);
+    }
+    let path = repo.path().to_path_buf();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<CommitScan>>> = commits
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let own = Repository::open_bare(&path);
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&oid) = commits.get(i) else {
+                        break;
+                    };
+                    let r = match &own {
+                        Ok(r) => scan_one(r, oid, rules, limits),
+                        Err(e) => Err(ScanError::Git(e.message().to_string())),
+                    };
+                    if let Some(slot) = slots.get(i) {
+                        if let Ok(mut g) = slot.lock() {
+                            *g = Some(r);
+                        }
+                    }
+                }
+            });
+        }
+    });
     let mut hits = Vec::new();
-    for &oid in commits {
+    for slot in slots {
+        let r = slot
+            .into_inner()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Err(ScanError::Git("a scan thread failed".into())));
+        let (found, bytes) = r?;
+        totals.commits += 1;
+        totals.bytes += bytes;
+        hits.extend(found);
+        if hits.len() >= limits.max_hits {
+            hits.truncate(limits.max_hits);
+            return Ok(hits);
+        }
+    }
+    Ok(hits)
+}
+
+/// One commit's hits and scanned bytes.
+type CommitScan = Result<(Vec<Hit>, u64)>;
+
+/// Commits at which a scan goes parallel, and the most threads it uses.
+const PARALLEL_FROM: usize = 16;
+const MAX_SCAN_THREADS: usize = 4;
+
+/// Scans one commit: its hits (at most `limits.max_hits`) and the bytes it scanned.
+fn scan_one(
+    repo: &Repository,
+    oid: Oid,
+    rules: &RuleSet,
+    limits: &ScanLimits,
+) -> Result<(Vec<Hit>, u64)> {
+    let mut hits = Vec::new();
+    {
         let commit = repo
             .find_commit(oid)
             .map_err(|e| ScanError::Missing(e.message().to_string()))?;
@@ -287,8 +368,7 @@ pub fn scan_commits(
             let idx = buf.file(&path);
             buf.push(idx, 0, "binary file", blob.content());
         }
-        totals.commits += 1;
-        totals.bytes += buf.data.len() as u64;
+        let scanned = buf.data.len() as u64;
         for f in rules.scan(&buf.data) {
             let Ok(off) = usize::try_from(f.offset) else {
                 continue;
@@ -308,11 +388,11 @@ pub fn scan_commits(
                 place,
             });
             if hits.len() >= limits.max_hits {
-                return Ok(hits);
+                return Ok((hits, scanned));
             }
         }
+        Ok((hits, scanned))
     }
-    Ok(hits)
 }
 
 #[cfg(test)]
@@ -456,6 +536,47 @@ mod tests {
         let hits = scan_commits(&repo, &[evil], &rules, &limits, &mut totals).unwrap();
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].file.as_deref(), Some("evil"));
+    }
+
+    #[test]
+    fn a_large_push_scanned_in_parallel_finds_the_same_hits_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let rules = RuleSetBuilder::new().with_builtin_rules().build().unwrap();
+        let mut tip = None;
+        let mut all = Vec::new();
+        for i in 0..(PARALLEL_FROM * 3) {
+            let body = if i % 7 == 3 {
+                format!("line\nkey_{i} = {KEY}\n")
+            } else {
+                format!("clean {i}\n")
+            };
+            let c = commit(&repo, tip, &[(&format!("f{i}"), body.as_bytes())], "c");
+            all.push(c);
+            tip = Some(c);
+        }
+        let limits = ScanLimits::default();
+        let commits = introduced(&repo, None, all[all.len() - 1], &[], &limits).unwrap();
+        assert!(commits.len() >= PARALLEL_FROM);
+        let mut totals = ScanTotals::default();
+        let hits = scan_commits(&repo, &commits, &rules, &limits, &mut totals).unwrap();
+        let want: Vec<String> = commits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 7 == 3)
+            .map(|(_, c)| c.to_string())
+            .collect();
+        let got: Vec<String> = hits.iter().map(|h| h.commit.clone()).collect();
+        assert_eq!(got, want);
+        assert_eq!(totals.commits, commits.len() as u64);
+        // The hit limit cuts where the sequential scan would.
+        let few = ScanLimits {
+            max_hits: 2,
+            ..limits
+        };
+        let hits = scan_commits(&repo, &commits, &rules, &few, &mut totals).unwrap();
+        let got: Vec<String> = hits.iter().map(|h| h.commit.clone()).collect();
+        assert_eq!(got, want[..2].to_vec());
     }
 
     #[test]

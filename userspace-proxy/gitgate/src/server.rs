@@ -122,6 +122,8 @@ pub async fn handle(
 fn upstream_limits(ctx: &GateContext) -> UpstreamLimits {
     UpstreamLimits {
         deadline: ctx.limits.upstream_deadline,
+        connect: ctx.limits.upstream_connect_timeout,
+        io: ctx.limits.upstream_io_timeout,
     }
 }
 
@@ -725,6 +727,20 @@ fn decide_and_forward(
         (Ok(m), Ok(q)) => (m, q),
         _ => return fail_all("cannot open the mirror".into()),
     };
+    // While the commits are scanned: connect to the upstream (nothing is sent before the scan
+    // passes) and check whether the client's pack can go upstream as it is.
+    let pre = upstream::preconnect(&repo.cfg, up);
+    let pack_check = {
+        let (m, qd) = (repo.dir.clone(), quarantine.to_path_buf());
+        let tips: Vec<git2::Oid> = commands
+            .iter()
+            .filter(|c| !c.is_delete())
+            .filter_map(|c| git2::Oid::from_str(c.new.as_str()).ok())
+            .collect();
+        std::thread::Builder::new()
+            .name("git-gate-packcheck".into())
+            .spawn(move || pack_fits(&m, &qd, &tips))
+    };
     let mut known = Vec::new();
     let mut current = std::collections::HashMap::new();
     if let Ok(refs) = mirror.references() {
@@ -861,7 +877,13 @@ fn decide_and_forward(
         return (results, Vec::new());
     }
     let scanned = started.elapsed();
-    let outcome = upstream::push(&q, &repo.cfg, &refspecs, up);
+    let fits = match pack_check {
+        Ok(h) => h
+            .join()
+            .unwrap_or_else(|_| Err("the pack check failed".into())),
+        Err(e) => Err(e.to_string()),
+    };
+    let outcome = forward(repo, &mirror, &q, fits, pre, &results, &refspecs, up);
     info!(
         repo = %repo.cfg.name,
         commits = totals.commits,
@@ -926,6 +948,117 @@ fn decide_and_forward(
         }
     }
     (results, messages)
+}
+
+/// Forwards the accepted updates: the client's own pack over SSH when every update was
+/// accepted and the pack holds nothing but what those updates bring (or what the mirror, so
+/// the upstream, already has; `fits`); libgit2's push (which re-packs exactly the reachable
+/// objects) otherwise.
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    repo: &GateRepo,
+    mirror: &git2::Repository,
+    q: &git2::Repository,
+    fits: Result<Option<std::path::PathBuf>, String>,
+    pre: Option<upstream::Preconnect>,
+    results: &[RefResult],
+    refspecs: &[String],
+    up: UpstreamLimits,
+) -> Result<upstream::PushOutcome, UpstreamError> {
+    let fits = if results.iter().any(|r| r.ng.is_some()) {
+        // A refused update's objects must not leave.
+        Err("some updates were refused".to_string())
+    } else {
+        fits
+    };
+    match fits {
+        Err(why) => debug!(repo = %repo.cfg.name, %why, "forwarding with libgit2"),
+        Ok(pack) => {
+            let updates: Vec<crate::sendpack::Update> = results
+                .iter()
+                .map(|r| crate::sendpack::Update {
+                    old: r.cmd.old,
+                    new: r.cmd.new,
+                    refname: r.cmd.refname.clone(),
+                })
+                .collect();
+            let tips = mirror_tips(mirror);
+            match upstream::push_pack(&repo.cfg, pre, &updates, &tips, pack.as_deref(), up)? {
+                crate::sendpack::Outcome::Done(o) => return Ok(o),
+                crate::sendpack::Outcome::Fallback(why) => {
+                    info!(repo = %repo.cfg.name, %why, "forwarding with libgit2");
+                }
+            }
+        }
+    }
+    upstream::push(q, &repo.cfg, refspecs, up)
+}
+
+/// The refs the gate advertises to a pushing client (the client leaves out what they reach).
+fn mirror_tips(mirror: &git2::Repository) -> Vec<pktline::Hex> {
+    let mut tips = Vec::new();
+    if let Ok(refs) = mirror.references() {
+        for r in refs.flatten() {
+            if let (Some(name), Some(oid)) = (r.name(), r.target()) {
+                if name.starts_with("refs/heads/") || name.starts_with("refs/tags/") {
+                    if let Some(h) = pktline::Hex::parse(oid.to_string().as_bytes()) {
+                        tips.push(h);
+                    }
+                }
+            }
+        }
+    }
+    tips
+}
+
+/// The quarantine's pack, if it may go upstream as it is once every update is accepted: each
+/// of its objects is either already in the mirror or reachable from the pushed `tips` (an
+/// unreachable object was never scanned). `Ok(None)`: a delete-only push, no pack.
+/// `Err`: why not.
+fn pack_fits(
+    mirror: &std::path::Path,
+    quarantine: &std::path::Path,
+    tips: &[git2::Oid],
+) -> Result<Option<std::path::PathBuf>, String> {
+    let started = std::time::Instant::now();
+    let mut packs: Vec<std::path::PathBuf> = std::fs::read_dir(quarantine.join("objects/pack"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    if tips.is_empty() {
+        return if packs.is_empty() {
+            Ok(None)
+        } else {
+            Err("a delete-only push came with a pack".into())
+        };
+    }
+    let (Some(pack), true) = (packs.pop(), packs.is_empty()) else {
+        return Err("not exactly one pack in the quarantine".into());
+    };
+    let git = |e: git2::Error| e.message().to_string();
+    let (mirror, q) = (
+        git2::Repository::open_bare(mirror).map_err(git)?,
+        git2::Repository::open_bare(quarantine).map_err(git)?,
+    );
+    let idx = std::fs::read(pack.with_extension("idx")).map_err(|e| e.to_string())?;
+    let ids = crate::packcheck::index_ids(&idx).map_err(|e| e.to_string())?;
+    let odb = mirror.odb().map_err(git)?;
+    let mut fresh: std::collections::HashSet<git2::Oid> =
+        ids.into_iter().filter(|id| !odb.exists(*id)).collect();
+    crate::packcheck::strike_reachable(&q, tips, &mut fresh).map_err(|e| e.to_string())?;
+    debug!(
+        check_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "pack checked"
+    );
+    if let Some(stray) = fresh.iter().next() {
+        return Err(format!(
+            "the pack holds {} object(s) no pushed ref reaches, e.g. {stray}",
+            fresh.len()
+        ));
+    }
+    Ok(Some(pack))
 }
 
 /// Moves the quarantine's packs into the mirror: `.pack` before `.idx`, so a reader never
@@ -1020,6 +1153,56 @@ mod tests {
         );
         assert_eq!(split_path("/app/info/refs"), None);
         assert!(!bottle_api::gitgate::is_repo_name("../x"));
+    }
+
+    /// A mirror with one commit, and a quarantine holding a pack of a second commit on top,
+    /// plus `stray` (an object no ref reaches) when asked.
+    fn quarantined_push(stray: bool) -> (tempfile::TempDir, tempfile::TempDir, git2::Oid) {
+        let mdir = tempfile::tempdir().unwrap();
+        let mirror = git2::Repository::init_bare(mdir.path()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let commit = |repo: &git2::Repository, parent: Option<git2::Oid>, content: &[u8]| {
+            let blob = repo.blob(content).unwrap();
+            let mut tb = repo.treebuilder(None).unwrap();
+            tb.insert("f", blob, 0o100_644).unwrap();
+            let tree = repo.find_tree(tb.write().unwrap()).unwrap();
+            let parents: Vec<git2::Commit> = parent
+                .map(|p| repo.find_commit(p).unwrap())
+                .into_iter()
+                .collect();
+            let refs: Vec<&git2::Commit> = parents.iter().collect();
+            repo.commit(None, &sig, &sig, "m", &tree, &refs).unwrap()
+        };
+        let base = commit(&mirror, None, b"base\n");
+        mirror
+            .reference("refs/heads/main", base, true, "t")
+            .unwrap();
+        let q = make_quarantine(mdir.path()).unwrap();
+        let qrepo = git2::Repository::open_bare(q.path()).unwrap();
+        let tip = commit(&qrepo, Some(base), b"next\n");
+        let mut pb = qrepo.packbuilder().unwrap();
+        pb.insert_commit(tip).unwrap();
+        if stray {
+            let junk = qrepo.blob(b"never scanned: no ref reaches it\n").unwrap();
+            pb.insert_object(junk, None).unwrap();
+        }
+        pb.write(&q.path().join("objects/pack"), 0o644).unwrap();
+        drop(pb);
+        drop(qrepo);
+        (mdir, q, tip)
+    }
+
+    #[test]
+    fn the_clients_pack_goes_upstream_only_if_the_pushed_tips_reach_all_of_it() {
+        let (m, q, tip) = quarantined_push(false);
+        let pack = pack_fits(m.path(), q.path(), &[tip]).unwrap().unwrap();
+        assert_eq!(pack.extension().unwrap(), "pack");
+        let (m, q, tip) = quarantined_push(true);
+        let why = pack_fits(m.path(), q.path(), &[tip]).unwrap_err();
+        assert!(why.contains("no pushed ref reaches"), "{why}");
+        // A delete-only push has no pack to send; one that comes with a pack is not trusted.
+        let (m, q, _) = quarantined_push(false);
+        assert!(pack_fits(m.path(), q.path(), &[]).is_err());
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub type Result<T> = std::result::Result<T, UpstreamError>;
 pub struct UpstreamLimits {
     /// Whole-operation deadline (checked in libgit2's progress callbacks).
     pub deadline: Duration,
+    /// Connect and per-read/write timeouts of the fast path (libgit2 has its own, global).
+    pub connect: Duration,
+    pub io: Duration,
 }
 
 /// Sets libgit2's socket connect and I/O timeouts (process-wide).
@@ -312,4 +315,87 @@ pub fn push(
         messages: messages.into_inner(),
         bytes: bytes.get(),
     })
+}
+
+/// A fast-path connection being made in the background (while the push is scanned): the
+/// SSH handshake, pin check, authentication and ref advertisement cost nothing then. `None`
+/// when the fast path does not apply to this repo.
+pub struct Preconnect(
+    std::thread::JoinHandle<
+        std::result::Result<crate::sendpack::Opened, crate::sendpack::SendPackError>,
+    >,
+);
+
+pub fn preconnect(repo: &RepoConfig, limits: UpstreamLimits) -> Option<Preconnect> {
+    let url = crate::sendpack::parse_ssh_url(&repo.url)?;
+    let (pinned, key) = preflight(repo).ok()?;
+    let sp = sp_limits(limits);
+    std::thread::Builder::new()
+        .name("git-gate-connect".into())
+        .spawn(move || crate::sendpack::open(&url, &pinned, &key, sp))
+        .ok()
+        .map(Preconnect)
+}
+
+fn sp_limits(limits: UpstreamLimits) -> crate::sendpack::Limits {
+    crate::sendpack::Limits {
+        connect: limits.connect,
+        io: limits.io,
+        deadline: limits.deadline,
+    }
+}
+
+fn sp_err(
+    repo: &RepoConfig,
+    limits: UpstreamLimits,
+    e: crate::sendpack::SendPackError,
+) -> UpstreamError {
+    use crate::sendpack::SendPackError;
+    match e {
+        SendPackError::HostKeyMismatch => UpstreamError::HostKeyMismatch {
+            repo: repo.name.clone(),
+        },
+        SendPackError::Timeout(_) => UpstreamError::Timeout {
+            repo: repo.name.clone(),
+            secs: limits.deadline.as_secs(),
+        },
+        SendPackError::Failed(message) => UpstreamError::Git {
+            repo: repo.name.clone(),
+            op: "push",
+            message: message.chars().take(500).collect(),
+        },
+    }
+}
+
+/// The fast path: hands the upstream the client's own pack over SSH ([`crate::sendpack`]),
+/// on the connection `pre` made if it is still fresh. `Ok(Outcome::Fallback)` when it cannot
+/// (an HTTPS upstream, missing capabilities, ...): nothing changed upstream and the caller
+/// uses [`push`].
+pub fn push_pack(
+    repo: &RepoConfig,
+    pre: Option<Preconnect>,
+    updates: &[crate::sendpack::Update],
+    mirror_tips: &[crate::pktline::Hex],
+    pack: Option<&Path>,
+    limits: UpstreamLimits,
+) -> Result<crate::sendpack::Outcome> {
+    use crate::sendpack::{self, Outcome};
+    let Some(url) = sendpack::parse_ssh_url(&repo.url) else {
+        return Ok(Outcome::Fallback(
+            "not an ssh:// URL the fast path handles".into(),
+        ));
+    };
+    let (pinned, key) = preflight(repo)?;
+    let early = pre
+        .and_then(|p| p.0.join().ok())
+        .transpose()
+        .map_err(|e| sp_err(repo, limits, e))?
+        // An idle connection may have been dropped by the upstream by now.
+        .filter(|o| o.age() < limits.io / 2);
+    let opened = match early {
+        Some(o) => o,
+        None => sendpack::open(&url, &pinned, &key, sp_limits(limits))
+            .map_err(|e| sp_err(repo, limits, e))?,
+    };
+    sendpack::send_pack(opened, updates, mirror_tips, pack).map_err(|e| sp_err(repo, limits, e))
 }
