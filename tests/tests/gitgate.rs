@@ -403,6 +403,12 @@ fn privileged_git_gate_clone_fetch_push_scan_policy_and_fail_closed() {
         agent.log()
     );
     assert_eq!(up.rev("main").as_deref(), Some(clean.as_str()));
+    // ...by the fast path: the client's own pack, not a libgit2 re-pack.
+    assert!(
+        agent.log().contains("forwarded the client's pack"),
+        "{}",
+        agent.log()
+    );
 
     // A planted key: rejected with remote: lines naming commit, file, line and rule; the
     // secret itself is never echoed; nothing lands upstream or in the mirror.
@@ -502,6 +508,11 @@ fn privileged_git_gate_clone_fetch_push_scan_policy_and_fail_closed() {
     assert!(err.contains("remote: protected: ask a maintainer"), "{err}");
     assert!(err.contains("pre-receive hook declined"), "{err}");
     assert_eq!(up.rev("feature").as_deref(), Some(amended.as_str()));
+    assert!(
+        !agent.log().contains("forwarding with libgit2"),
+        "an ssh push fell back to libgit2:\n{}",
+        agent.log()
+    );
     std::fs::remove_file(&hook).unwrap();
 
     // Upstream down: the fetch fails closed, with a message, and serves nothing stale.
