@@ -96,6 +96,11 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The running agent's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
     }

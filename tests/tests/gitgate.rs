@@ -676,3 +676,80 @@ fn privileged_git_gate_restart_keeps_mirrors_but_needs_keys_again() {
     inside.git_ok(&["pull", "-q", "--ff-only"]);
     assert_eq!(inside.git_ok(&["rev-parse", "HEAD"]), oob);
 }
+
+/// The agent's anonymous resident memory (heap, stacks), in KiB: what grows if a body is
+/// buffered. File pages (mapped packs) are the page cache's and are left out.
+fn rss_anon_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn privileged_git_gate_streams_a_200_mb_push_in_bounded_memory() {
+    if !privileged("privileged_git_gate_streams_a_200_mb_push_in_bounded_memory") {
+        return;
+    }
+    let up = SshUpstream::start(64);
+    let agent = Agent::start(64, "");
+    let bottle = create(&agent, &up, true, None);
+    let inside = Inside::new(&bottle, &up.spec());
+    let out = inside.git(&["clone", "-q", &up.url(), "work"]);
+    assert!(
+        out.status.success(),
+        "clone: {}\n{}",
+        stderr(&out),
+        agent.log()
+    );
+    // 200 MB that does not compress, in ten 20 MB files (each under the scanner's per-blob
+    // bound, so the push is scanned, not refused): the pack is as large as the data.
+    for i in 0..10 {
+        let blob = inside.work().join(format!("data{i}.bin"));
+        let made = Command::new("dd")
+            .args(["if=/dev/urandom", "bs=1M", "count=20", "status=none"])
+            .arg(format!("of={}", blob.display()))
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+    inside.git_ok(&["add", "."]);
+    inside.git_ok(&["commit", "-q", "-m", "200 MB of data"]);
+    let head = inside.git_ok(&["rev-parse", "HEAD"]);
+
+    // Watch the agent's heap while the push goes through.
+    let pid = agent.pid().unwrap();
+    let before = rss_anon_kib(pid);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_anon_kib(pid));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let out = inside.git(&["push", "-q", "origin", "HEAD:main"]);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.join().unwrap();
+    assert!(
+        out.status.success(),
+        "push: {}\n{}",
+        stderr(&out),
+        agent.log()
+    );
+    assert_eq!(up.rev("main"), Some(head), "not upstream");
+    // Bounded: the 200 MB went through pipes and files, not the agent's memory; at most a
+    // blob or two is held while it is scanned.
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    eprintln!("agent heap during the push: {before} -> {peak} KiB");
+    assert!(
+        grown_mib < 128,
+        "the agent's heap grew by {grown_mib} MiB during a 200 MB push ({before} -> {peak} KiB)"
+    );
+}

@@ -153,6 +153,37 @@ impl Buffer {
 
 const MESSAGE: usize = usize::MAX;
 
+/// A commit's collected text is scanned and dropped once it passes this, so a push of
+/// hundreds of megabytes never sits in memory whole: at most this plus one blob (itself
+/// bounded by `max_blob_bytes`). Segments are never split, so no finding is lost at a flush.
+const FLUSH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Scans what `buf` holds, adds its hits, and empties it (file names stay for later hits).
+fn flush(buf: &mut Buffer, rules: &RuleSet, oid: Oid, hits: &mut Vec<Hit>, scanned: &mut u64) {
+    *scanned += buf.data.len() as u64;
+    for f in rules.scan(&buf.data) {
+        let Ok(off) = usize::try_from(f.offset) else {
+            continue;
+        };
+        let Some(&(_, file, line, place)) = buf.locate(off) else {
+            continue;
+        };
+        let file = (file != MESSAGE)
+            .then(|| buf.files.get(file).cloned())
+            .flatten();
+        hits.push(Hit {
+            commit: oid.to_string(),
+            file,
+            line: (line > 0).then_some(line),
+            rule: f.rule_id.clone(),
+            redacted: f.redacted.clone(),
+            place,
+        });
+    }
+    buf.data.clear();
+    buf.segments.clear();
+}
+
 /// Scans the commits in `commits`; returns the first `limits.max_hits` hits.
 pub fn scan_commits(
     repo: &Repository,
@@ -243,6 +274,7 @@ fn scan_one(
     limits: &ScanLimits,
 ) -> Result<(Vec<Hit>, u64)> {
     let mut hits = Vec::new();
+    let mut scanned = 0u64;
     {
         let commit = repo
             .find_commit(oid)
@@ -325,6 +357,9 @@ fn scan_one(
                     buf.push(idx, no as usize, "added line", line.content());
                 }
             }
+            if buf.data.len() > FLUSH_BYTES {
+                flush(&mut buf, rules, oid, &mut hits, &mut scanned);
+            }
             true
         })
         .map_err(git)?;
@@ -367,30 +402,13 @@ fn scan_one(
             }
             let idx = buf.file(&path);
             buf.push(idx, 0, "binary file", blob.content());
-        }
-        let scanned = buf.data.len() as u64;
-        for f in rules.scan(&buf.data) {
-            let Ok(off) = usize::try_from(f.offset) else {
-                continue;
-            };
-            let Some(&(_, file, line, place)) = buf.locate(off) else {
-                continue;
-            };
-            let file = (file != MESSAGE)
-                .then(|| buf.files.get(file).cloned())
-                .flatten();
-            hits.push(Hit {
-                commit: oid.to_string(),
-                file,
-                line: (line > 0).then_some(line),
-                rule: f.rule_id.clone(),
-                redacted: f.redacted.clone(),
-                place,
-            });
-            if hits.len() >= limits.max_hits {
-                return Ok((hits, scanned));
+            drop(blob);
+            if buf.data.len() > FLUSH_BYTES {
+                flush(&mut buf, rules, oid, &mut hits, &mut scanned);
             }
         }
+        flush(&mut buf, rules, oid, &mut hits, &mut scanned);
+        hits.truncate(limits.max_hits);
         Ok((hits, scanned))
     }
 }
