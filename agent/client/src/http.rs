@@ -54,6 +54,19 @@ impl Client {
         body: Option<Vec<u8>>,
         upgrade: bool,
     ) -> Result<http::Response<Incoming>, ClientError> {
+        self.request_as(method, path, body, "application/json", upgrade)
+            .await
+    }
+
+    /// [`Self::request`] with a body of another type (a workspace archive).
+    async fn request_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &'static str,
+        upgrade: bool,
+    ) -> Result<http::Response<Incoming>, ClientError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -70,7 +83,7 @@ impl Client {
             .uri(format!("http://bottle-agent{path}"))
             .header(http::header::HOST, "bottle-agent");
         if body.is_some() {
-            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            builder = builder.header(http::header::CONTENT_TYPE, content_type);
         }
         if upgrade {
             builder = builder
@@ -213,29 +226,9 @@ impl Client {
         bytes: Vec<u8>,
     ) -> Result<T, ClientError> {
         let work = async {
-            let stream =
-                UnixStream::connect(&self.socket)
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        path: self.socket.clone(),
-                        source,
-                    })?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            tokio::spawn(conn);
-            let req = Request::builder()
-                .method(Method::PUT)
-                .uri(format!("http://bottle-agent{path}"))
-                .header(http::header::HOST, "bottle-agent")
-                .header(http::header::CONTENT_TYPE, "application/x-tar")
-                .header(http::header::CONTENT_LENGTH, bytes.len())
-                .body(Full::new(Bytes::from(bytes)))
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let resp = self
+                .request_as(Method::PUT, path, Some(bytes), "application/x-tar", false)
+                .await?;
             let status = resp.status();
             let body = resp
                 .into_body()
