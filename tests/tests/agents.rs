@@ -63,10 +63,6 @@ fn bottle(agent: &Agent, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Ou
         .unwrap_or_else(|_| panic!("bottle {shown:?} did not finish:\n{}", agent.log()))
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn write(path: &Path, contents: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, contents).unwrap();

@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -23,38 +22,19 @@ const RESTART_SLOT: u8 = 74;
 /// A tiny image: busybox-static and a `bottle` user (1000:1000), as a rootfs directory.
 fn image(agent: &Agent) -> String {
     let root = agent.dir.path().join("image");
-    if root.exists() {
-        return root.display().to_string();
+    if !root.exists() {
+        busybox_rootfs(
+            &root,
+            &[
+                "sh", "id", "cat", "sleep", "echo", "true", "stty", "ps", "hostname", "grep", "tty",
+            ],
+        );
     }
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.is_file(),
-        "/bin/busybox missing: apt-get install busybox-static"
-    );
-    for d in ["bin", "etc", "home/bottle", "tmp", "proc", "sys", "dev"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "id", "cat", "sleep", "echo", "true", "stty", "ps", "hostname", "grep", "tty",
-    ] {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nbottle:x:1000:1000::/home/bottle:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nbottle:x:1000:\n").unwrap();
     root.display().to_string()
 }
 
 fn run_dir(agent: &Agent) -> PathBuf {
     agent.dir.path().join("run")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn bottle_cmd(agent: &Agent, args: &[&str]) -> Command {
@@ -81,14 +61,6 @@ fn bottle_with_input(agent: &Agent, args: &[&str], stdin: Vec<u8>) -> Output {
     });
     rx.recv_timeout(Duration::from_secs(120))
         .unwrap_or_else(|_| panic!("bottle {args:?} did not finish:\n{}", agent.log()))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn entries(dir: &Path) -> Vec<String> {

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -15,32 +14,10 @@ const SLOT: u8 = 41;
 /// Detached runs, logs, stop.
 const DETACH_SLOT: u8 = 43;
 
-/// A tiny image: busybox-static and a `bottle` user (1000:1000), as a rootfs directory.
-fn busybox_rootfs(root: &Path) {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.is_file(),
-        "/bin/busybox missing: apt-get install busybox-static"
-    );
-    for d in ["bin", "etc", "home/bottle", "tmp", "proc", "sys", "dev"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "id", "cat", "sleep", "echo", "dd", "true"] {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nbottle:x:1000:1000::/home/bottle:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nbottle:x:1000:\n").unwrap();
-}
-
 fn image(agent: &Agent) -> String {
     let dir = agent.dir.path().join("image");
     if !dir.exists() {
-        busybox_rootfs(&dir);
+        busybox_rootfs(&dir, &["sh", "id", "cat", "sleep", "echo", "dd", "true"]);
     }
     dir.display().to_string()
 }
@@ -75,18 +52,6 @@ fn bottle_bounded(agent: &Agent, full: &[&str], env: &[(&str, &str)]) -> Output 
     });
     rx.recv_timeout(Duration::from_secs(90))
         .unwrap_or_else(|_| panic!("bottle {full:?} did not finish:\n{}", agent.log()))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Mount points at or under `dir`.

@@ -40,10 +40,6 @@ fn bottle_in(agent: &Agent, cwd: &Path, uid: Option<u32>, args: &[&str]) -> Outp
         .unwrap_or_else(|_| panic!("bottle {shown:?} did not finish:\n{}", agent.log()))
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn ok(out: &Output, agent: &Agent) -> String {
     assert!(
         out.status.success(),
