@@ -190,7 +190,10 @@ async fn fetch_through(
                 _ => StatusCode::BAD_GATEWAY,
             };
             let msg = match e {
-                UpstreamError::Git { .. } | UpstreamError::Timeout { .. } => {
+                UpstreamError::Git { .. }
+                | UpstreamError::Timeout { .. }
+                | UpstreamError::Certificate { .. }
+                | UpstreamError::CredentialRefused { .. } => {
                     format!(
                         "{e}\nthe gate serves no stale data: fix the upstream, then fetch again"
                     )
