@@ -1038,6 +1038,32 @@ fn privileged_git_gate_https_upstream_with_a_token() {
     );
     inside.git_ok(&["reset", "-q", "--hard", &clean]);
 
+    // An annotated tag's message is scanned too: a leaky one is refused, a clean one lands.
+    inside.git_ok(&["tag", "-a", "v1", "-m", &format!("release\nkey {PLANTED}")]);
+    let tag = inside.git_ok(&["rev-parse", "v1"]);
+    let out = inside.git(&["push", "origin", "v1"]);
+    let err = stderr(&out);
+    eprintln!("leaky tag push over https:\n{err}");
+    assert!(!out.status.success(), "leaky tag accepted: {err}");
+    assert!(
+        err.contains(&format!(
+            "remote: git-gate: refs/tags/v1: secret found: tag {}, tag message: rule ",
+            &tag[..12]
+        )),
+        "{err}"
+    );
+    assert!(!err.contains(PLANTED), "the secret was echoed: {err}");
+    assert_eq!(up.rev("refs/tags/v1"), None);
+    assert!(
+        !has_object(&up.repo(), &tag),
+        "the leaky tag reached the upstream"
+    );
+    inside.git_ok(&["tag", "-d", "v1"]);
+    inside.git_ok(&["tag", "-a", "v1", "-m", "release one"]);
+    let tag = inside.git_ok(&["rev-parse", "v1"]);
+    inside.git_ok(&["push", "-q", "origin", "v1"]);
+    assert_eq!(up.rev("refs/tags/v1").as_deref(), Some(tag.as_str()));
+
     // The ref policy applies as over SSH: no force-push to the default branch.
     inside.git_ok(&["reset", "-q", "--hard", &oob]);
     inside.commit("rewrite.txt", "rewritten\n", "rewrite history");
@@ -1146,7 +1172,7 @@ fn privileged_git_gate_https_upstream_with_a_token() {
     // Counted, audited, and the token is nowhere.
     let g = agent.stats("g").l7.git;
     assert!(g.fetch_failures >= 2, "{g:?}");
-    assert_eq!(g.refs_rejected.get("secret"), Some(&1), "{g:?}");
+    assert_eq!(g.refs_rejected.get("secret"), Some(&2), "{g:?}");
     assert!(g.refs_rejected.get("upstream") >= Some(&2), "{g:?}");
     let policy =
         std::fs::read_to_string(agent.state_dir().join(&bottle.id).join("policy.json")).unwrap();
