@@ -753,3 +753,434 @@ fn privileged_git_gate_streams_a_200_mb_push_in_bounded_memory() {
         "the agent's heap grew by {grown_mib} MiB during a 200 MB push ({before} -> {peak} KiB)"
     );
 }
+
+/// The HTTPS upstream: namespace `gitup<slot>` as for SSH, a bare repo under `root/app.git`
+/// served by `git http-backend` behind `bottle-test-git-https` on `10.251.<slot>.2:443`,
+/// whose certificate (IP SAN) comes from a test CA the agent trusts through
+/// `upstream_ca_files`. A second CA, which nobody trusts, signs a rogue certificate for the
+/// same address. Every request needs the token as its basic-auth password.
+struct HttpsUpstream {
+    netns: String,
+    host_if: String,
+    addr: Ipv4Addr,
+    dir: tempfile::TempDir,
+    server: Option<Child>,
+}
+
+/// The upstream's token (shaped so that no DLP rule takes it for a secret: the point is that
+/// it never shows up anywhere, not that a rule would catch it).
+const TOKEN: &str = "bottle-test-token-0123456789";
+
+impl HttpsUpstream {
+    fn start(slot: u8) -> Self {
+        let netns = format!("gitup{slot}");
+        let host_if = format!("gitup{slot}h");
+        let _ = Command::new("ip").args(["netns", "del", &netns]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        let ip = |args: &[&str]| run(Command::new("ip").args(args));
+        ip(&["netns", "add", &netns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.251.{slot}.1/30"),
+            "dev",
+            &host_if,
+        ]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("10.251.{slot}.2/30"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &netns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        let addr = Ipv4Addr::new(10, 251, slot, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for ca in ["ca", "rogue"] {
+            run(Command::new(bin_dir().join("bottle-test-ca"))
+                .arg(d.join(ca))
+                .arg(addr.to_string()));
+        }
+        std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+        std::fs::write(d.join("identity"), format!("{TOKEN}\n")).unwrap();
+        let work = d.join("seed");
+        std::fs::create_dir(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join("README"), "hello\n").unwrap();
+        git(&work, &["add", "README"]);
+        git(&work, &["commit", "-q", "-m", "first"]);
+        std::fs::create_dir(d.join("root")).unwrap();
+        run(Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(&work)
+            .arg(d.join("root/app.git")));
+        run(Command::new("git")
+            .arg("--git-dir")
+            .arg(d.join("root/app.git"))
+            .args(["config", "http.receivepack", "true"]));
+        let mut up = Self {
+            netns,
+            host_if,
+            addr,
+            dir,
+            server: None,
+        };
+        up.start_server("ca");
+        up
+    }
+
+    /// (Re)starts the server with the certificate signed by `ca` (`ca` or `rogue`).
+    fn start_server(&mut self, ca: &str) {
+        self.stop_server();
+        let d = self.dir.path();
+        let host = self.addr.to_string();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(bin_dir().join("bottle-test-git-https"))
+            .args(["--listen", &format!("{}:443", self.addr), "--tls"])
+            .arg(d.join(ca).join(format!("{host}.pem")))
+            .arg(d.join(ca).join(format!("{host}.key")))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--token-file")
+            .arg(d.join("token"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(d.join("server.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = [0u8; 5];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut line)
+            .unwrap_or_else(|e| panic!("the https upstream did not start: {e}: {}", self.log()));
+        assert_eq!(&line, b"ready");
+        self.server = Some(child);
+    }
+
+    fn stop_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca/ca.pem")
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.dir.path().join("root/app.git")
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}/app.git", self.addr)
+    }
+
+    fn rev(&self, rev: &str) -> Option<String> {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(self.repo())
+            .args(["rev-parse", "--verify", "-q", rev])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
+    }
+
+    fn commit_out_of_band(&self, branch: &str, file: &str, content: &str, msg: &str) -> String {
+        let work = self.dir.path().join(format!("oob-{}", rand_suffix()));
+        run(Command::new("git")
+            .args(["clone", "-q", "-b", branch])
+            .arg(self.repo())
+            .arg(&work));
+        std::fs::write(work.join(file), content).unwrap();
+        git(&work, &["add", file]);
+        git(&work, &["commit", "-q", "-m", msg]);
+        git(&work, &["push", "-q", "origin", branch]);
+        git(&work, &["rev-parse", "HEAD"])
+    }
+
+    fn gate_yaml(&self) -> String {
+        format!(
+            "user: {{name: Bottle Agent, email: agent@example.com}}\nrepos:\n  app:\n    url: {}\n    identity: {}\n",
+            self.url(),
+            self.dir.path().join("identity").display()
+        )
+    }
+
+    fn spec(&self) -> GitGateSpec {
+        GitGateSpec {
+            user: Some(GitUser {
+                name: Some("Bottle Agent".into()),
+                email: Some("agent@example.com".into()),
+            }),
+            repos: Some(BTreeMap::from([(
+                "app".to_string(),
+                GitRepoSpec {
+                    url: self.url(),
+                    identity: String::new(),
+                    host_key: None,
+                    policy: None,
+                },
+            )])),
+        }
+    }
+}
+
+impl Drop for HttpsUpstream {
+    fn drop(&mut self) {
+        self.stop_server();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+#[test]
+fn privileged_git_gate_https_upstream_with_a_token() {
+    if !privileged("privileged_git_gate_https_upstream_with_a_token") {
+        return;
+    }
+    let mut up = HttpsUpstream::start(65);
+    let agent = Agent::start(
+        65,
+        &format!("upstream_ca_files = [\"{}\"]", up.ca_pem().display()),
+    );
+    let gate_file = agent.dir.path().join("gate.yaml");
+    std::fs::write(&gate_file, up.gate_yaml()).unwrap();
+    let bottle: BottleInfo = serde_json::from_str(&agent.ok(&[
+        "create",
+        "--name",
+        "g",
+        "--git-gate",
+        gate_file.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let inside = Inside::new(&bottle, &up.spec());
+
+    // Clone with the https upstream URL; the insteadOf sends it through the gate, which
+    // verifies the upstream's certificate against the agent's upstream_ca_files.
+    let out = inside.git(&["clone", "-q", &up.url(), "work"]);
+    assert!(
+        out.status.success(),
+        "clone: {}\n{}\n{}",
+        stderr(&out),
+        agent.log(),
+        up.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(inside.work().join("README")).unwrap(),
+        "hello\n"
+    );
+
+    // An out-of-band upstream commit appears on the next fetch.
+    let oob = up.commit_out_of_band("main", "oob.txt", "from upstream\n", "upstream change");
+    inside.git_ok(&["pull", "-q", "--ff-only"]);
+    assert_eq!(inside.git_ok(&["rev-parse", "HEAD"]), oob);
+
+    // A clean push lands upstream (libgit2's push: the fast path is SSH only).
+    let clean = inside.commit("notes.txt", "nothing secret\n", "clean change");
+    let out = inside.git(&["push", "origin", "main"]);
+    assert!(
+        out.status.success(),
+        "clean push: {}\n{}\n{}",
+        stderr(&out),
+        agent.log(),
+        up.log()
+    );
+    assert_eq!(up.rev("main").as_deref(), Some(clean.as_str()));
+    assert!(
+        agent.log().contains("forwarding with libgit2"),
+        "{}",
+        agent.log()
+    );
+
+    // A planted key: rejected with remote: lines, lands nowhere.
+    let leak = inside.commit(
+        "deploy.sh",
+        &format!("#!/bin/sh\nexport KEY={PLANTED}\n"),
+        "add deploy",
+    );
+    let out = inside.git(&["push", "origin", "main"]);
+    let err = stderr(&out);
+    eprintln!("leaky push over https, as the agent sees it:\n{err}");
+    assert!(!out.status.success(), "leaky push accepted: {err}");
+    assert!(
+        err.contains("remote: git-gate: refs/heads/main: secret found: commit"),
+        "{err}"
+    );
+    assert!(err.contains("file deploy.sh, line 2"), "{err}");
+    assert!(err.contains("[remote rejected]"), "{err}");
+    assert!(!err.contains(PLANTED), "the secret was echoed: {err}");
+    assert_eq!(up.rev("main").as_deref(), Some(clean.as_str()));
+    assert!(
+        !has_object(&up.repo(), &leak),
+        "the leak reached the upstream"
+    );
+    assert!(
+        !has_object(&mirror(&agent, &bottle), &leak),
+        "the leak stayed in the mirror"
+    );
+    inside.git_ok(&["reset", "-q", "--hard", &clean]);
+
+    // An annotated tag's message is scanned too: a leaky one is refused, a clean one lands.
+    inside.git_ok(&["tag", "-a", "v1", "-m", &format!("release\nkey {PLANTED}")]);
+    let tag = inside.git_ok(&["rev-parse", "v1"]);
+    let out = inside.git(&["push", "origin", "v1"]);
+    let err = stderr(&out);
+    eprintln!("leaky tag push over https:\n{err}");
+    assert!(!out.status.success(), "leaky tag accepted: {err}");
+    assert!(
+        err.contains(&format!(
+            "remote: git-gate: refs/tags/v1: secret found: tag {}, tag message: rule ",
+            &tag[..12]
+        )),
+        "{err}"
+    );
+    assert!(!err.contains(PLANTED), "the secret was echoed: {err}");
+    assert_eq!(up.rev("refs/tags/v1"), None);
+    assert!(
+        !has_object(&up.repo(), &tag),
+        "the leaky tag reached the upstream"
+    );
+    inside.git_ok(&["tag", "-d", "v1"]);
+    inside.git_ok(&["tag", "-a", "v1", "-m", "release one"]);
+    let tag = inside.git_ok(&["rev-parse", "v1"]);
+    inside.git_ok(&["push", "-q", "origin", "v1"]);
+    assert_eq!(up.rev("refs/tags/v1").as_deref(), Some(tag.as_str()));
+
+    // The ref policy applies as over SSH: no force-push to the default branch.
+    inside.git_ok(&["reset", "-q", "--hard", &oob]);
+    inside.commit("rewrite.txt", "rewritten\n", "rewrite history");
+    let out = inside.git(&["push", "--force", "origin", "main"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "force push accepted: {err}");
+    assert!(
+        err.contains("force-push refused by the git-gate policy"),
+        "{err}"
+    );
+    assert_eq!(up.rev("main").as_deref(), Some(clean.as_str()));
+    inside.git_ok(&["reset", "-q", "--hard", &clean]);
+
+    // Upstream refusals reach the client word for word: a declining hook...
+    inside.git_ok(&["checkout", "-q", "-b", "feature"]);
+    let feature = inside.commit("feature.txt", "new work\n", "feature");
+    inside.git_ok(&["push", "-q", "origin", "feature"]);
+    assert_eq!(up.rev("feature").as_deref(), Some(feature.as_str()));
+    let hook = up.repo().join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho 'protected: ask a maintainer'\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    inside.commit("more.txt", "more\n", "more");
+    let out = inside.git(&["push", "origin", "feature"]);
+    let err = stderr(&out);
+    eprintln!("hook-declined push over https:\n{err}");
+    assert!(!out.status.success(), "hook-declined push accepted: {err}");
+    assert!(err.contains("remote: protected: ask a maintainer"), "{err}");
+    assert!(err.contains("pre-receive hook declined"), "{err}");
+    assert_eq!(up.rev("feature").as_deref(), Some(feature.as_str()));
+    std::fs::remove_file(&hook).unwrap();
+    // ...and a non-fast-forward the upstream denies (the gate's policy allows force-pushing
+    // a topic branch; the upstream's does not).
+    run(Command::new("git").arg("--git-dir").arg(up.repo()).args([
+        "config",
+        "receive.denyNonFastForwards",
+        "true",
+    ]));
+    inside.git_ok(&["reset", "-q", "--hard", &clean]);
+    inside.commit("other.txt", "other\n", "rewritten feature");
+    let out = inside.git(&["push", "--force", "origin", "feature"]);
+    let err = stderr(&out);
+    eprintln!("non-fast-forward over https:\n{err}");
+    assert!(!out.status.success(), "denied force push accepted: {err}");
+    assert!(
+        err.contains("denying non-fast-forward refs/heads/feature"),
+        "{err}"
+    );
+    assert_eq!(up.rev("feature").as_deref(), Some(feature.as_str()));
+
+    // A wrong token: the fetch fails closed, saying what to check.
+    std::fs::write(up.dir.path().join("identity"), "not-the-token\n").unwrap();
+    agent.ok(&[
+        "git-gate-keys",
+        "g",
+        "--git-gate",
+        gate_file.to_str().unwrap(),
+    ]);
+    let out = inside.git(&["fetch", "origin"]);
+    let err = stderr(&out);
+    eprintln!("fetch with a wrong token:\n{err}");
+    assert!(!out.status.success(), "fetch with a wrong token: {err}");
+    assert!(
+        err.contains("remote: git-gate: app: the upstream refused the gate's credential"),
+        "{err}"
+    );
+    assert!(err.contains("check the token"), "{err}");
+    assert!(up.log().contains("unauthorised"), "{}", up.log());
+    assert!(err.contains("serves no stale data"), "{err}");
+    std::fs::write(up.dir.path().join("identity"), format!("{TOKEN}\n")).unwrap();
+    agent.ok(&[
+        "git-gate-keys",
+        "g",
+        "--git-gate",
+        gate_file.to_str().unwrap(),
+    ]);
+    inside.git_ok(&["fetch", "-q", "origin"]);
+
+    // An upstream certificate from a CA nobody trusts: refused before any request, so the
+    // token never leaves; the client reads why.
+    up.start_server("rogue");
+    assert!(!up.log().contains("request "), "{}", up.log());
+    let out = inside.git(&["fetch", "origin"]);
+    let err = stderr(&out);
+    eprintln!("fetch from an untrusted upstream certificate:\n{err}");
+    assert!(!out.status.success(), "fetch from a rogue upstream: {err}");
+    assert!(
+        err.contains(&format!(
+            "remote: git-gate: app: the upstream {} presented a TLS certificate the git-gate does not trust",
+            up.addr
+        )),
+        "{err}"
+    );
+    assert!(err.contains("upstream_ca_files"), "{err}");
+    assert!(
+        !up.log().contains("request "),
+        "a request reached the rogue upstream:\n{}",
+        up.log()
+    );
+    up.start_server("ca");
+    inside.git_ok(&["fetch", "-q", "origin"]);
+
+    // Counted, audited, and the token is nowhere.
+    let g = agent.stats("g").l7.git;
+    assert!(g.fetch_failures >= 2, "{g:?}");
+    assert_eq!(g.refs_rejected.get("secret"), Some(&2), "{g:?}");
+    assert!(g.refs_rejected.get("upstream") >= Some(&2), "{g:?}");
+    let policy =
+        std::fs::read_to_string(agent.state_dir().join(&bottle.id).join("policy.json")).unwrap();
+    for (what, text) in [
+        ("agent log", agent.log()),
+        ("audit", agent.audit("g")),
+        ("policy.json", policy),
+    ] {
+        assert!(!text.contains(TOKEN), "the token is in the {what}");
+    }
+}

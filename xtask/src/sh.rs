@@ -31,6 +31,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/sshd", "openssh-server"),
     ("/usr/bin/ssh-keygen", "openssh-client"),
     ("/usr/bin/git", "git"),
+    // ...and its HTTPS test serves the upstream through git's CGI (tests/src/bin/bottle-test-git-https.rs).
+    ("/usr/lib/git-core/git-http-backend", "git"),
     // `bottle images build` / `run AGENT` with a Dockerfile: a real builder (FROM scratch,
     // so no registry is involved).
     ("/usr/bin/podman", "podman"),

@@ -7,6 +7,9 @@
 //!     url: ssh://git@git.example.com:22/team/app.git
 //!     identity: ~/.ssh/gate_ed25519       # path on the client's machine
 //!     host_key: "ssh-ed25519 AAAA..."     # pinned upstream key; without it the gate refuses
+//!   web:
+//!     url: https://git.example.com/team/web.git  # user `x-access-token` unless `https://user@…`
+//!     identity: ~/.config/bottle/web.token       # the token, on one line
 //! ```
 
 use std::collections::BTreeMap;
@@ -38,12 +41,13 @@ pub struct GitUser {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GitRepoSpec {
-    /// `ssh://user@host[:port]/path` (or `https://host/path` with a token).
+    /// `ssh://user@host[:port]/path`, or `https://[user@]host[:port]/path` with a token.
     pub url: String,
-    /// Path of the private key file on the client's machine.
+    /// Path on the client's machine of the private key file (ssh) or the token file (https).
     pub identity: String,
     /// Pinned upstream host key (`ssh-ed25519 AAAA…`; several allowed, one per line).
-    /// Required for fetch and push over SSH.
+    /// Required for fetch and push over SSH; refused for https (the certificate is checked
+    /// against the system roots and the agent's `upstream_ca_files` instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_key: Option<String>,
     /// Which ref updates a push may make. Default: anything but force-pushing or deleting
@@ -100,10 +104,14 @@ pub struct GitGateConfig {
 pub enum GitGateError {
     #[error("git-gate repo name {0:?} is invalid: use letters, digits, '.', '_' and '-'")]
     BadName(String),
-    #[error("git-gate repo {name}: url {url:?} must be ssh://user@host[:port]/path or https://host[:port]/path")]
+    #[error("git-gate repo {name}: url {url:?} must be ssh://user@host[:port]/path or https://[user@]host[:port]/path")]
     BadUrl { name: String, url: String },
     #[error("git-gate repo {name}: host_key must be '<type> <base64>' lines (as in known_hosts without the host), e.g. the output of `ssh-keyscan -t ed25519 HOST | cut -d' ' -f2-`")]
     BadHostKey { name: String },
+    #[error("git-gate repo {name}: host_key applies to ssh:// upstreams only; an https:// upstream's certificate is checked against the system roots and the agent's upstream_ca_files, so remove host_key")]
+    HostKeyOnHttps { name: String },
+    #[error("git-gate repo {name}: the identity file of an https:// upstream must hold the token alone, on one line (is it a private key file?)")]
+    BadToken { name: String },
     #[error("git-gate repo {name}: identity is larger than {MAX_IDENTITY_BYTES} bytes")]
     KeyTooLarge { name: String },
     #[error("git-gate has a key for {0}, which is not one of its repos")]
@@ -143,6 +151,9 @@ pub fn validate(config: &GitGateConfig) -> Result<(), GitGateError> {
             });
         }
         if let Some(keys) = &repo.host_key {
+            if is_https(&repo.url) {
+                return Err(GitGateError::HostKeyOnHttps { name: name.clone() });
+            }
             if parse_host_keys(keys).is_none() {
                 return Err(GitGateError::BadHostKey { name: name.clone() });
             }
@@ -162,6 +173,10 @@ pub fn validate(config: &GitGateConfig) -> Result<(), GitGateError> {
         }
         if key.0.len() > MAX_IDENTITY_BYTES {
             return Err(GitGateError::KeyTooLarge { name: name.clone() });
+        }
+        let https = repos.get(name).is_some_and(|r| is_https(&r.url));
+        if https && https_token(&key.0).is_none() {
+            return Err(GitGateError::BadToken { name: name.clone() });
         }
     }
     Ok(())
@@ -241,16 +256,36 @@ pub fn is_repo_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Whether `url` is an `https://` upstream (the credential is a token, the trust the
+/// certificate's).
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// The token an `https://` repo's identity file holds: the content trimmed, if that is one
+/// non-empty run of printable, non-space characters (a PEM key or a multi-line file is not a
+/// token, and must never be sent to a web server as a password).
+pub fn https_token(identity: &str) -> Option<&str> {
+    let token = identity.trim();
+    (!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())).then_some(token)
+}
+
 /// Whether `url` has the shape the gate accepts: `ssh://user@host[:port]/path` or
-/// `https://host[:port]/path`.
+/// `https://[user@]host[:port]/path` (a user, never a password, in the URL).
 pub fn is_gate_url(url: &str) -> bool {
+    let user_ok = |user: &str| !user.is_empty() && !user.contains(['/', ':']);
     let rest = if let Some(rest) = url.strip_prefix("ssh://") {
         match rest.split_once('@') {
-            Some((user, rest)) if !user.is_empty() && !user.contains('/') => rest,
+            Some((user, rest)) if user_ok(user) => rest,
             _ => return false,
         }
     } else if let Some(rest) = url.strip_prefix("https://") {
-        rest
+        let authority = rest.split('/').next().unwrap_or_default();
+        match authority.split_once('@') {
+            Some((user, _)) if user_ok(user) => &rest[user.len() + 1..],
+            Some(_) => return false,
+            None => rest,
+        }
     } else {
         return false;
     };
@@ -324,6 +359,37 @@ mod tests {
             validate(&config),
             Err(GitGateError::BadHostKey { .. })
         ));
+        // https: no host key; the identity is a one-line token.
+        let mut web = GitGateConfig {
+            spec: serde_json::from_str(
+                r#"{"repos":{"web":{"url":"https://git.example.com/web.git","identity":"t"}}}"#,
+            )
+            .unwrap(),
+            keys: BTreeMap::from([("web".to_string(), IdentityKey("ghp_abc123\n".into()))]),
+        };
+        assert_eq!(validate(&web), Ok(()));
+        assert_eq!(https_token("ghp_abc123\n"), Some("ghp_abc123"));
+        web.keys.insert(
+            "web".into(),
+            IdentityKey("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n".into()),
+        );
+        assert_eq!(
+            validate(&web),
+            Err(GitGateError::BadToken { name: "web".into() })
+        );
+        web.keys.insert("web".into(), IdentityKey(" \n".into()));
+        assert_eq!(
+            validate(&web),
+            Err(GitGateError::BadToken { name: "web".into() })
+        );
+        web.keys.clear();
+        if let Some(w) = web.spec.repos.as_mut().and_then(|r| r.get_mut("web")) {
+            w.host_key = Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE".into());
+        }
+        assert_eq!(
+            validate(&web),
+            Err(GitGateError::HostKeyOnHttps { name: "web".into() })
+        );
         assert_eq!(parse_host_keys("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE c\n\necdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAy").map(|v| v.len()), Some(2));
     }
 
@@ -332,6 +398,12 @@ mod tests {
         assert!(is_gate_url("ssh://git@example.com/team/app.git"));
         assert!(is_gate_url("ssh://git@example.com:2222/team/app.git"));
         assert!(is_gate_url("https://example.com/team/app.git"));
+        assert!(is_gate_url("https://10.0.0.5:8443/app.git"));
+        assert!(is_gate_url("https://bot@example.com/team/app.git"));
+        assert!(!is_gate_url("https://bot:hunter2@example.com/team/app.git"));
+        assert!(!is_gate_url("https://@example.com/app.git"));
+        assert!(!is_gate_url("https://a@b@example.com/app.git"));
+        assert!(!is_gate_url("https://example.com"));
         assert!(!is_gate_url("git@example.com:team/app.git"));
         assert!(!is_gate_url("ssh://example.com/team/app.git"));
         assert!(!is_gate_url("ssh://git@example.com"));

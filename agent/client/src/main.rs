@@ -78,8 +78,9 @@ enum Command {
         #[command(flatten)]
         egress: EgressArgs,
         /// git-gate, YAML: a bot-bottle `git-gate:` block (`user`, `repos: {NAME: {url,
-        /// identity, host_key}}`). Each `identity` file is read here and sent to the agent,
-        /// which keeps it in memory only.
+        /// identity, host_key}}`; `url` ssh:// with a key file and a pinned `host_key`, or
+        /// https:// with a token file). Each `identity` file is read here and sent to the
+        /// agent, which keeps it in memory only.
         #[arg(long, value_name = "FILE")]
         git_gate: Option<PathBuf>,
         #[arg(long)]

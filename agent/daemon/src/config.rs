@@ -141,7 +141,8 @@ pub struct AgentConfig {
     pub veth_prefix: String,
     /// Default tracing filter when `RUST_LOG` is not set.
     pub log: String,
-    /// PEM files of CAs the egress proxy trusts for upstreams, besides the system roots.
+    /// PEM files of CAs the egress proxy and the git-gate (HTTPS upstreams) trust, besides the
+    /// system roots.
     pub upstream_ca_files: Vec<PathBuf>,
     /// Where the proxy dials a host whose route has no `connect_to` of its own, e.g.
     /// `"api.anthropic.com" = "10.0.0.5:443"` (split-horizon networks, test upstreams). The

@@ -206,6 +206,11 @@ async fn run(config: AgentConfig) -> ExitCode {
             return AgentExit::Config.into();
         }
     };
+    // The git-gate's HTTPS upstreams trust the same CAs (libgit2, process-wide).
+    if let Err(e) = bottle_gitgate::upstream::trust_ca_files(&config.upstream_ca_files) {
+        error!("{e}");
+        return AgentExit::Config.into();
+    }
     let pool = config.pool;
     let socket = config.socket.clone();
     let group = config.socket_group.clone();

@@ -5,7 +5,9 @@
 //! nothing, and a secret already upstream is not the push's fault). In each of those commits
 //! it scans, with the bottle's DLP engine, the commit message, the names of added or renamed
 //! files, every added line of the diff against the first parent, and the whole content of
-//! added or changed binary files.
+//! added or changed binary files. An annotated tag the push brings (the ref's new value, and
+//! any tag it points at in turn, down to the first the mirror already has) is scanned for its
+//! name and message.
 
 use std::collections::HashSet;
 
@@ -20,6 +22,8 @@ pub enum ScanError {
     Git(String),
     #[error("the push introduces more than {0} commits; push it in smaller parts")]
     TooManyCommits(usize),
+    #[error("a tag nests more than {MAX_TAG_DEPTH} tags (a tag of a tag of …); push a plain annotated tag")]
+    TagChain,
 }
 
 pub type Result<T> = std::result::Result<T, ScanError>;
@@ -31,15 +35,16 @@ fn git(e: git2::Error) -> ScanError {
 /// Where a secret was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hit {
+    /// The commit, or for a `tag message` the tag object.
     pub commit: String,
-    /// `None` for the commit message.
+    /// `None` for the commit or tag message.
     pub file: Option<String>,
     /// 1-based line in the new file; `None` for messages, names and binary content.
     pub line: Option<usize>,
     pub rule: String,
     /// Redacted preview from the DLP engine (never the secret).
     pub redacted: String,
-    /// `commit message`, `file name`, `added line`, `binary file`.
+    /// `commit message`, `tag message`, `file name`, `added line`, `binary file`.
     pub place: &'static str,
 }
 
@@ -47,11 +52,16 @@ impl Hit {
     /// One human line for the client's `remote:` output.
     pub fn describe(&self) -> String {
         let short = &self.commit[..self.commit.len().min(12)];
-        let mut s = format!("commit {short}");
+        let what = if self.place == TAG_MESSAGE {
+            "tag"
+        } else {
+            "commit"
+        };
+        let mut s = format!("{what} {short}");
         match (&self.file, self.line) {
             (Some(f), Some(l)) => s.push_str(&format!(", file {f}, line {l}")),
             (Some(f), None) => s.push_str(&format!(", {} {f}", self.place)),
-            (None, _) => s.push_str(", commit message"),
+            (None, _) => s.push_str(&format!(", {}", self.place)),
         }
         s.push_str(&format!(": rule {} ({})", self.rule, self.redacted));
         s
@@ -118,6 +128,52 @@ pub fn introduced(
         }
     }
     Ok(out)
+}
+
+/// `Hit::place` of an annotated tag's name and message.
+pub const TAG_MESSAGE: &str = "tag message";
+/// Most annotated tags one pushed value may nest (a tag of a tag of …).
+pub const MAX_TAG_DEPTH: usize = 16;
+
+/// Scans the annotated tags `new` brings: `new` if it is a tag object, then the object it
+/// points at if that is a tag too, and so on, stopping at the first tag `is_known` (already
+/// in the mirror, so already upstream) or at the first non-tag. Each tag's name and message
+/// are scanned; hits name the tag object.
+pub fn scan_tags(
+    repo: &Repository,
+    new: Oid,
+    is_known: &dyn Fn(Oid) -> bool,
+    rules: &RuleSet,
+    limits: &ScanLimits,
+    totals: &mut ScanTotals,
+) -> Result<Vec<Hit>> {
+    let mut hits = Vec::new();
+    let mut next = new;
+    for _ in 0..=MAX_TAG_DEPTH {
+        if is_known(next) {
+            return Ok(hits);
+        }
+        let Ok(tag) = repo.find_tag(next) else {
+            // Not a tag (or missing, which the commit walk reports).
+            return Ok(hits);
+        };
+        let mut buf = Buffer::default();
+        buf.push(MESSAGE, 0, TAG_MESSAGE, tag.name_bytes());
+        buf.push(MESSAGE, 0, TAG_MESSAGE, b"\n");
+        buf.push(
+            MESSAGE,
+            0,
+            TAG_MESSAGE,
+            tag.message_bytes().unwrap_or_default(),
+        );
+        flush(&mut buf, rules, next, &mut hits, &mut totals.bytes);
+        if hits.len() >= limits.max_hits {
+            hits.truncate(limits.max_hits);
+            return Ok(hits);
+        }
+        next = tag.target_id();
+    }
+    Err(ScanError::TagChain)
 }
 
 /// Text of one commit to scan, with a map from offsets back to file and line.
@@ -595,6 +651,62 @@ mod tests {
         let hits = scan_commits(&repo, &commits, &rules, &few, &mut totals).unwrap();
         let got: Vec<String> = hits.iter().map(|h| h.commit.clone()).collect();
         assert_eq!(got, want[..2].to_vec());
+    }
+
+    #[test]
+    fn annotated_tag_messages_are_scanned_down_to_the_first_known_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let rules = RuleSetBuilder::new().with_builtin_rules().build().unwrap();
+        let limits = ScanLimits::default();
+        let c = commit(&repo, None, &[("readme", b"hello\n")], "clean");
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let target = repo.find_object(c, None).unwrap();
+        let leaky = repo
+            .tag_annotation_create("v1", &target, &sig, &format!("release\nkey {KEY}\n"))
+            .unwrap();
+        let leaky_obj = repo.find_object(leaky, None).unwrap();
+        let outer = repo
+            .tag_annotation_create("v1-signed", &leaky_obj, &sig, "wraps v1\n")
+            .unwrap();
+        let clean = repo
+            .tag_annotation_create("v2", &target, &sig, "nothing here\n")
+            .unwrap();
+        let nothing_known = |_: Oid| false;
+        let mut totals = ScanTotals::default();
+
+        let hits = scan_tags(&repo, leaky, &nothing_known, &rules, &limits, &mut totals).unwrap();
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].commit, leaky.to_string());
+        assert_eq!(
+            (hits[0].file.as_deref(), hits[0].place),
+            (None, TAG_MESSAGE)
+        );
+        let text = hits[0].describe();
+        assert!(
+            text.starts_with(&format!("tag {}", &leaky.to_string()[..12])),
+            "{text}"
+        );
+        assert!(text.contains(", tag message: rule "), "{text}");
+        assert!(!text.contains(KEY), "{text}");
+        // Through a tag of a tag...
+        let hits = scan_tags(&repo, outer, &nothing_known, &rules, &limits, &mut totals).unwrap();
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].commit, leaky.to_string());
+        // ...but not into a tag already upstream, nor for clean tags and plain commits.
+        let known = |o: Oid| o == leaky;
+        assert!(
+            scan_tags(&repo, outer, &known, &rules, &limits, &mut totals)
+                .unwrap()
+                .is_empty()
+        );
+        for oid in [clean, c] {
+            assert!(
+                scan_tags(&repo, oid, &nothing_known, &rules, &limits, &mut totals)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
     }
 
     #[test]

@@ -190,7 +190,10 @@ async fn fetch_through(
                 _ => StatusCode::BAD_GATEWAY,
             };
             let msg = match e {
-                UpstreamError::Git { .. } | UpstreamError::Timeout { .. } => {
+                UpstreamError::Git { .. }
+                | UpstreamError::Timeout { .. }
+                | UpstreamError::Certificate { .. }
+                | UpstreamError::CredentialRefused { .. } => {
                     format!(
                         "{e}\nthe gate serves no stale data: fix the upstream, then fetch again"
                     )
@@ -755,6 +758,9 @@ fn decide_and_forward(
         .find_reference("HEAD")
         .ok()
         .and_then(|h| h.symbolic_target().map(str::to_string));
+    // A tag object already in the mirror is already upstream (not the push's to answer for).
+    let mirror_odb = mirror.odb().ok();
+    let is_known = |oid: git2::Oid| mirror_odb.as_ref().is_some_and(|db| db.exists(oid));
     let mut results = Vec::new();
     let mut totals = ScanTotals::default();
     let started = std::time::Instant::now();
@@ -819,7 +825,19 @@ fn decide_and_forward(
                     continue;
                 }
             };
-            match scan::scan_commits(&q, &commits, rules, &limits.scan, &mut totals) {
+            let scanned = scan::scan_tags(&q, new, &is_known, rules, &limits.scan, &mut totals)
+                .and_then(|mut hits| {
+                    hits.extend(scan::scan_commits(
+                        &q,
+                        &commits,
+                        rules,
+                        &limits.scan,
+                        &mut totals,
+                    )?);
+                    hits.truncate(limits.scan.max_hits);
+                    Ok(hits)
+                });
+            match scanned {
                 Ok(hits) if !hits.is_empty() => {
                     let mut notes: Vec<String> =
                         hits.iter().map(|h| h.rule.clone()).take(1).collect();

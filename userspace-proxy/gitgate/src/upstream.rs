@@ -1,10 +1,12 @@
 //! Talking to the upstream with the host-held credential, through libgit2: fetch into the
 //! mirror, push accepted refs. Blocking calls; callers run them on a blocking thread under a
 //! deadline. The SSH host key must match a pinned one (no trust on first use); the key
-//! material is handed to libssh2 from memory and never touches disk.
+//! material is handed to libssh2 from memory and never touches disk. An HTTPS upstream's
+//! certificate must verify against the system roots plus the agent's `upstream_ca_files`
+//! ([`trust_ca_files`]); its token goes to libgit2 from memory as the basic-auth password.
 
 use std::cell::{Cell, RefCell};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -23,6 +25,20 @@ pub enum UpstreamError {
     NoCredential { repo: String },
     #[error("{repo}: the upstream's host key does not match the pinned host_key; refusing to talk to it (a changed key may mean a man in the middle: check it out of band before updating the pin)")]
     HostKeyMismatch { repo: String },
+    #[error("{repo}: the upstream {host} presented a TLS certificate the git-gate does not trust ({message}); it must chain to the system roots or to a CA in the agent's `upstream_ca_files`, be valid now and name {host}. The gate refuses to talk to it")]
+    Certificate {
+        repo: String,
+        host: String,
+        message: String,
+    },
+    #[error("{repo}: the upstream refused the gate's credential for {url}: {hint}")]
+    CredentialRefused {
+        repo: String,
+        url: String,
+        hint: &'static str,
+    },
+    #[error("cannot add {} to the git-gate's trusted upstream CAs: {message}", path.display())]
+    Trust { path: PathBuf, message: String },
     #[error("{repo}: upstream did not finish within {secs} s")]
     Timeout { repo: String, secs: u64 },
     #[error("{repo}: upstream {op} failed: {message}")]
@@ -43,6 +59,23 @@ pub struct UpstreamLimits {
     /// Connect and per-read/write timeouts of the fast path (libgit2 has its own, global).
     pub connect: Duration,
     pub io: Duration,
+}
+
+/// Adds the PEM CA `files` to the roots libgit2 verifies HTTPS upstreams against
+/// (process-wide; call once at start, before any upstream operation). With the OpenSSL
+/// backend this crate builds (`git2`'s `https` feature on Linux), libgit2 first loads
+/// OpenSSL's default verify paths (the system bundle) and each call here *adds* a file to
+/// that store, so the system roots stay trusted. The egress proxy trusts the same files.
+pub fn trust_ca_files(files: &[PathBuf]) -> Result<()> {
+    for path in files {
+        // SAFETY: stores a path in libgit2's global TLS context; called at agent start, before
+        // any thread runs an upstream operation.
+        unsafe { git2::opts::set_ssl_cert_file(path) }.map_err(|e| UpstreamError::Trust {
+            path: path.clone(),
+            message: e.message().to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Sets libgit2's socket connect and I/O timeouts (process-wide).
@@ -107,7 +140,9 @@ fn callbacks<'a>(
             return Cred::ssh_key_from_memory(username.unwrap_or("git"), None, key, None);
         }
         if !is_ssh && allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-            return Cred::userpass_plaintext(username.unwrap_or("x-access-token"), key.trim());
+            // The URL's user if it names one (libgit2 passes it), else GitHub's convention.
+            let token = bottle_api::gitgate::https_token(key).unwrap_or_default();
+            return Cred::userpass_plaintext(username.unwrap_or("x-access-token"), token);
         }
         Err(git2::Error::from_str(
             "upstream asks for a credential type the gate does not hold",
@@ -115,7 +150,8 @@ fn callbacks<'a>(
     });
     cb.certificate_check(move |cert, _host| {
         if !is_ssh {
-            // HTTPS: libgit2 already verified the chain against the system roots.
+            // HTTPS: libgit2 verified the chain (system roots + `trust_ca_files`) and the
+            // host name; passthrough keeps its verdict, so an invalid certificate fails.
             return Ok(CertificateCheckStatus::CertificatePassthrough);
         }
         let matches = cert
@@ -150,6 +186,23 @@ fn map_err(
         UpstreamError::HostKeyMismatch {
             repo: repo.name.clone(),
         }
+    } else if !repo.url.starts_with("ssh://") && is_certificate_error(e) {
+        UpstreamError::Certificate {
+            repo: repo.name.clone(),
+            host: url_host(&repo.url).to_string(),
+            message: e.message().chars().take(200).collect(),
+        }
+    } else if state.cred_attempts.get() > 3 || e.code() == git2::ErrorCode::Auth {
+        UpstreamError::CredentialRefused {
+            repo: repo.name.clone(),
+            url: repo.url.clone(),
+            hint: if repo.url.starts_with("ssh://") {
+                "check that the key in the identity file is authorised upstream"
+            } else {
+                "check the token in the identity file, its expiry and its scopes (read and \
+                 write on this repo), then send it again with `bottle git-gate-keys`"
+            },
+        }
     } else if state.timed_out.get() {
         UpstreamError::Timeout {
             repo: repo.name.clone(),
@@ -162,6 +215,21 @@ fn map_err(
             message: e.message().chars().take(500).collect(),
         }
     }
+}
+
+/// Whether libgit2 refused an HTTPS upstream's certificate. With `CertificatePassthrough`
+/// libgit2 returns a plain -1 carrying its own SSL-class message ("the SSL certificate is
+/// invalid", "hostname does not match certificate"), not `GIT_ECERTIFICATE`.
+fn is_certificate_error(e: &git2::Error) -> bool {
+    e.code() == git2::ErrorCode::Certificate
+        || (e.class() == git2::ErrorClass::Ssl && e.message().contains("certificate"))
+}
+
+/// The host (with port) of a URL the gate accepted, for messages.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
 }
 
 fn preflight(repo: &RepoConfig) -> Result<(Vec<Vec<u8>>, String)> {

@@ -574,6 +574,7 @@ impl Doc<'_> {
                 ));
             }
             let (mut url, mut identity, mut host_key, mut policy) = (None, None, None, None);
+            let mut host_key_line = e.key_line;
             for f in self.mapping(&e.value, e.key_line, &prefix)? {
                 let key = join(&prefix, &f.key);
                 if f.key == "policy" {
@@ -586,11 +587,12 @@ impl Doc<'_> {
                 };
                 match f.key.as_str() {
                     "url" => {
-                        if !(value.starts_with("ssh://") && is_gate_url(&value)) {
+                        if !is_gate_url(&value) || value.contains(['"', '\\', ' ']) {
                             return Err(self.invalid(
                                 f.key_line,
                                 &key,
-                                "must be ssh://user@host[:port]/path",
+                                "must be ssh://user@host[:port]/path or \
+                                 https://[user@]host[:port]/path (never a password in the URL)",
                             ));
                         }
                         url = Some(value);
@@ -600,12 +602,14 @@ impl Doc<'_> {
                             return Err(self.invalid(
                                 f.key_line,
                                 &key,
-                                "must be the path of the private key file the gate uses",
+                                "must be the path of the private key file (ssh) or token file \
+                                 (https) the gate uses",
                             ));
                         }
                         identity = Some(value);
                     }
                     _ => {
+                        host_key_line = f.key_line;
                         let value = value.trim().to_string();
                         if value.is_empty() || value.chars().any(char::is_control) {
                             return Err(self.invalid(
@@ -623,14 +627,24 @@ impl Doc<'_> {
                 self.missing(
                     e.key_line,
                     &join(&prefix, "url"),
-                    "the upstream, as ssh://user@host[:port]/path",
+                    "the upstream, as ssh://user@host[:port]/path or https://host[:port]/path",
                 )
             })?;
+            if host_key.is_some() && bottle_api::gitgate::is_https(&url) {
+                return Err(self.invalid(
+                    host_key_line,
+                    &join(&prefix, "host_key"),
+                    "applies to ssh:// upstreams only; an https:// upstream's certificate is \
+                     checked against the system roots and the agent's upstream_ca_files, so \
+                     remove it",
+                ));
+            }
             let identity = identity.ok_or_else(|| {
                 self.missing(
                     e.key_line,
                     &join(&prefix, "identity"),
-                    "the private key file the gate uses to reach the upstream",
+                    "the private key file (ssh) or token file (https) the gate uses to reach \
+                     the upstream",
                 )
             })?;
             out.insert(

@@ -32,6 +32,30 @@ fn quote(value: &str) -> String {
 /// may use: scp-like `user@host:path` (port 22 only) and `https://host/path`.
 fn upstream_spellings(url: &str) -> Vec<String> {
     let mut out = vec![url.to_string()];
+    if let Some(rest) = url.strip_prefix("https://") {
+        // https://[user@]host[:port]/path: without the user, and the ssh spellings hosts
+        // conventionally serve the same repo under (only for the default port, as the ssh
+        // port of a custom-port host is unknown).
+        let Some((authority, path)) = rest.split_once('/') else {
+            return out;
+        };
+        let hostport = match authority.rsplit_once('@') {
+            Some((_, hp)) => {
+                out.push(format!("https://{hp}/{path}"));
+                hp
+            }
+            None => authority,
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        };
+        if matches!(port, None | Some("443")) {
+            out.push(format!("git@{host}:{path}"));
+            out.push(format!("ssh://git@{host}/{path}"));
+        }
+        return out;
+    }
     let Some(rest) = url.strip_prefix("ssh://") else {
         return out;
     };
@@ -114,6 +138,21 @@ mod tests {
             [
                 "ssh://git@example.com:2222/app.git",
                 "https://example.com/app.git"
+            ]
+        );
+        assert_eq!(
+            upstream_spellings("https://git.example.com/team/app.git"),
+            [
+                "https://git.example.com/team/app.git",
+                "git@git.example.com:team/app.git",
+                "ssh://git@git.example.com/team/app.git"
+            ]
+        );
+        assert_eq!(
+            upstream_spellings("https://bot@git.example.com:8443/app.git"),
+            [
+                "https://bot@git.example.com:8443/app.git",
+                "https://git.example.com:8443/app.git"
             ]
         );
         assert_eq!(quote("a \"b\" \\c\n"), "\"a \\\"b\\\" \\\\c\"");

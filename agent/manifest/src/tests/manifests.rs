@@ -165,20 +165,34 @@ const BOTTLE_ERRORS: &[(&str, &str)] = &[
     ),
     (
         "git-gate:\n  repos:\n    app:\n      url: git@h.example.com:x.git\n      identity: k\n",
-        "{f}:5: `git-gate.repos.app.url`: must be ssh://user@host[:port]/path",
+        "{f}:5: `git-gate.repos.app.url`: must be ssh://user@host[:port]/path or \
+         https://[user@]host[:port]/path (never a password in the URL)",
     ),
     (
-        "git-gate:\n  repos:\n    app:\n      url: https://h.example.com/x.git\n      identity: k\n",
-        "{f}:5: `git-gate.repos.app.url`: must be ssh://user@host[:port]/path",
+        "git-gate:\n  repos:\n    app:\n      url: https://bot:pw@h.example.com/x.git\n      identity: k\n",
+        "{f}:5: `git-gate.repos.app.url`: must be ssh://user@host[:port]/path or \
+         https://[user@]host[:port]/path (never a password in the URL)",
+    ),
+    (
+        "git-gate:\n  repos:\n    app:\n      url: http://h.example.com/x.git\n      identity: k\n",
+        "{f}:5: `git-gate.repos.app.url`: must be ssh://user@host[:port]/path or \
+         https://[user@]host[:port]/path (never a password in the URL)",
+    ),
+    (
+        "git-gate:\n  repos:\n    app:\n      url: https://h.example.com/x.git\n      identity: k\n      host_key: ssh-ed25519 AAAA\n",
+        "{f}:7: `git-gate.repos.app.host_key`: applies to ssh:// upstreams only; an https:// \
+         upstream's certificate is checked against the system roots and the agent's \
+         upstream_ca_files, so remove it",
     ),
     (
         "git-gate:\n  repos:\n    app:\n      url: ssh://git@h.example.com/x.git\n",
-        "{f}:4: missing `git-gate.repos.app.identity`: the private key file the gate uses to \
-         reach the upstream",
+        "{f}:4: missing `git-gate.repos.app.identity`: the private key file (ssh) or token \
+         file (https) the gate uses to reach the upstream",
     ),
     (
         "git-gate:\n  repos:\n    app:\n      identity: k\n",
-        "{f}:4: missing `git-gate.repos.app.url`: the upstream, as ssh://user@host[:port]/path",
+        "{f}:4: missing `git-gate.repos.app.url`: the upstream, as ssh://user@host[:port]/path \
+         or https://host[:port]/path",
     ),
     (
         "egress:\n  routes:\n    - host: a.example.com\n      auth: {scheme: Bearer}\n",
@@ -1015,4 +1029,18 @@ fn git_gate_file_accepts_block_or_wrapped_with_a_ref_policy() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("force_push"), "{e}");
+}
+
+#[test]
+fn git_gate_file_takes_https_upstreams() {
+    let f = Path::new("/x/gate.yaml");
+    let spec = crate::manifest::git_gate_file(
+        f,
+        "repos:\n  web:\n    url: https://bot@git.example.com:8443/team/web.git\n    identity: ~/web.token\n",
+    )
+    .unwrap();
+    let web = &spec.repos.unwrap()["web"];
+    assert_eq!(web.url, "https://bot@git.example.com:8443/team/web.git");
+    assert_eq!(web.identity, "~/web.token");
+    assert_eq!(web.host_key, None);
 }
