@@ -126,8 +126,11 @@ impl Proc {
 
     /// Waits for the child to exit, killing it at the deadline (or on an interrupt, if
     /// `interruptible`).
+    /// Waits for the exit, woken by the kernel the moment it happens (a pidfd), so that timed
+    /// runs measure the command and not a polling interval.
     fn wait_deadline(&mut self, timeout: Duration, interruptible: bool) -> Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
+        let pidfd = pidfd_open(self.child.id());
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
@@ -135,10 +138,15 @@ impl Proc {
             if interruptible {
                 check_interrupted()?;
             }
-            if Instant::now() > deadline {
+            let now = Instant::now();
+            if now > deadline {
                 bail!("{} did not finish within {timeout:?}", self.name);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let slice = (deadline - now).min(Duration::from_millis(200));
+            match &pidfd {
+                Some(fd) => wait_readable(fd, slice),
+                None => std::thread::sleep(slice.min(Duration::from_millis(1))),
+            }
         }
     }
 }
@@ -284,4 +292,30 @@ impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A pidfd for `pid` (Linux 5.3+), readable once the process has exited.
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: `fd` is a descriptor the kernel just gave us and nothing else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Blocks until `fd` is readable or `timeout` passes.
+fn wait_readable(fd: &std::os::fd::OwnedFd, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1);
+    // SAFETY: one valid pollfd, count 1.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
