@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use bottle_api::BottleInfo;
 use bottle_tests::*;
 
-const EXTRA: &str = "spare_networks = 1\nservice_ports = [\"udp/53\", \"tcp/7001\"]";
+/// With tcx links (pinned), so that mode, its pins and their removal are covered too; the
+/// other tests run the default, clsact.
+const EXTRA: &str =
+    "spare_networks = 1\ntc_attach = \"tcx\"\nservice_ports = [\"udp/53\", \"tcp/7001\"]";
 const ALLOWED: u16 = 7001;
 
 /// Waits (bounded) until the slot has exactly `n` namespaces, and returns them.
@@ -104,13 +107,26 @@ fn privileged_spare_network_is_closed_unseen_used_and_never_left_behind() {
     let next = both.iter().find(|n| **n != a.netns).unwrap().clone();
     assert_eq!(ls(&agent), ["alpha"]);
 
-    // Removing the bottle leaves only the new spare.
+    // Removing the bottle leaves only the new spare (its veth and pins go as soon as the
+    // kernel has deleted the interface).
     agent.ok(&["rm", "alpha"]);
     assert_eq!(
         netns_with_prefix(&agent.slot.netns_prefix),
         vec![next.clone()]
     );
-    assert!(!agent.slot.pin_root.join(&a.id).exists());
+    let next_veth = format!(
+        "{}{}",
+        agent.slot.veth_prefix,
+        &next[agent.slot.netns_prefix.len()..]
+    );
+    wait_for(
+        "the removed bottle's veth and pins",
+        Duration::from_secs(15),
+        || {
+            links_with_prefix(&agent.slot.veth_prefix) == vec![next_veth.clone()]
+                && !agent.slot.pin_root.join(&a.id).exists()
+        },
+    );
 
     // A restarted agent removes the old spare as an orphan and makes a fresh one.
     agent.kill9();
@@ -123,6 +139,7 @@ fn privileged_spare_network_is_closed_unseen_used_and_never_left_behind() {
     // A stopping agent removes its spare itself.
     agent.stop();
     assert!(netns_with_prefix(&agent.slot.netns_prefix).is_empty());
+    // The stopping agent waited for the kernel to delete the veth.
     assert!(links_with_prefix(&agent.slot.veth_prefix).is_empty());
     let pins: Vec<_> = std::fs::read_dir(&agent.slot.pin_root)
         .unwrap()

@@ -114,6 +114,21 @@ impl Runtime {
     }
 }
 
+/// How the datapath's programs are attached to each bottle's host-side veth.
+///
+/// `clsact` (default): a clsact qdisc with both programs as the first filters (priority 1).
+/// `tcx` (kernel 6.6+): pinned tcx links, first in the tcx chain. Both stay attached while
+/// the agent is down. tcx costs two RCU grace periods under the kernel's RTNL lock whenever a
+/// veth with links goes away (30-50 ms here, during which no other interface can be changed),
+/// and more at attach; clsact does not, so it is the default (see decision 0005).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    #[default]
+    Clsact,
+    Tcx,
+}
+
 /// Bound on `spare_networks`: each spare holds a namespace and a veth.
 pub const MAX_SPARE_NETWORKS: usize = 16;
 
@@ -161,6 +176,8 @@ pub struct AgentConfig {
     /// address and no policy: the datapath drops everything). Making one costs the kernel
     /// RCU grace periods, so a `create` that finds one ready skips them; 0 turns this off.
     pub spare_networks: usize,
+    /// `clsact` (default) or `tcx`: see [`TcAttach`].
+    pub tc_attach: TcAttach,
 }
 
 impl Default for AgentConfig {
@@ -187,6 +204,7 @@ impl Default for AgentConfig {
             image_dir: None,
             runtime: Runtime::default(),
             spare_networks: 1,
+            tc_attach: TcAttach::default(),
         }
     }
 }

@@ -2,26 +2,28 @@
 //!
 //! Programs are loaded once per agent run; maps are pinned by name under
 //! `<pin_root>/maps`, so a new run re-opens the same maps and every counter and policy entry
-//! survives a crash. Each bottle's two tcx links are pinned under `<pin_root>/<id>/`: a pinned
-//! link stays attached when the agent dies, so a bottle stays enforced without us.
+//! survives a crash. Programs attach to each bottle's host-side veth either as clsact filters
+//! (the default), which live with the interface, or as tcx links pinned under
+//! `<pin_root>/<id>/`; both stay attached when the agent dies, so a bottle stays enforced
+//! without us.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::config::{ServicePort, TcAttach};
+use crate::paths::{FROM_BOTTLE_LINK, MAPS_PIN_DIR, TO_BOTTLE_LINK};
 use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
-use aya::programs::tc::{self, NlOptions, SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::programs::tc::{
+    self, NlOptions, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType, TcError,
+};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use bottle_ebpf::maps::{
     BottleCounters, BottleGlobal, BottlePolicy, BottlePortKey, FLAG_FROZEN, GLOBAL_MAP, POLICY_MAP,
     PORTS_MAP, STATS_MAP,
 };
-use tracing::warn;
-
-use crate::config::ServicePort;
-use crate::paths::{FROM_BOTTLE_LINK, MAPS_PIN_DIR, TO_BOTTLE_LINK};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -57,6 +59,8 @@ pub enum DatapathError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("tc_attach = \"tcx\" needs Linux 6.6 or later; this kernel has no tcx: use tc_attach = \"clsact\"")]
+    NoTcx,
     #[error("cannot add clsact qdisc to {ifname}: {source}")]
     Clsact {
         ifname: String,
@@ -84,14 +88,19 @@ fn prog_err(program: &'static str) -> impl FnOnce(aya::programs::ProgramError) -
     }
 }
 
-/// How programs get attached on this kernel.
+/// How programs get attached (the agent config's `tc_attach`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
     /// tcx links (kernel >= 6.6): pinned, first in the chain.
     Tcx,
-    /// clsact qdisc + direct-action filters (older kernels); live with the interface.
+    /// clsact qdisc + direct-action filters at priority 1, handle 1; live with the interface.
     Clsact,
 }
+
+/// Where our clsact filters sit: first (lowest priority number), at a fixed handle, so a
+/// restarted agent finds and replaces its own filter instead of adding a second one.
+const CLSACT_PRIORITY: u16 = 1;
+const CLSACT_HANDLE: u32 = 1;
 
 /// What one bottle's datapath entries hold.
 #[derive(Debug, Clone)]
@@ -131,7 +140,7 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads both programs, re-opening pinned maps when they exist.
-    pub fn load(pin_root: &Path) -> Result<Self> {
+    pub fn load(pin_root: &Path, attach: TcAttach) -> Result<Self> {
         let maps_dir = pin_root.join(MAPS_PIN_DIR);
         std::fs::create_dir_all(&maps_dir).map_err(|source| DatapathError::PinDir {
             path: maps_dir.clone(),
@@ -172,9 +181,12 @@ impl Datapath {
         let ports = HashMap::try_from(take(PORTS_MAP)?).map_err(map_err(PORTS_MAP))?;
         let stats = PerCpuHashMap::try_from(take(STATS_MAP)?).map_err(map_err(STATS_MAP))?;
         let global = Array::try_from(take(GLOBAL_MAP)?).map_err(map_err(GLOBAL_MAP))?;
-        let mode = match KernelVersion::current() {
-            Ok(v) if v >= KernelVersion::new(6, 6, 0) => AttachMode::Tcx,
-            _ => AttachMode::Clsact,
+        let mode = match attach {
+            TcAttach::Clsact => AttachMode::Clsact,
+            TcAttach::Tcx => match KernelVersion::current() {
+                Ok(v) if v >= KernelVersion::new(6, 6, 0) => AttachMode::Tcx,
+                _ => return Err(DatapathError::NoTcx),
+            },
         };
         Ok(Self {
             attacher: Attacher {
@@ -198,7 +210,8 @@ impl Datapath {
         self.mode
     }
 
-    fn link_dir(&self, id: &str) -> PathBuf {
+    /// Where a bottle's tcx links are pinned.
+    pub fn link_dir(&self, id: &str) -> PathBuf {
         self.pin_root.join(id)
     }
 
@@ -277,6 +290,16 @@ impl Datapath {
         ifindex: Option<u32>,
         ports: &[ServicePort],
     ) -> Vec<String> {
+        let mut failures = self.withdraw(ifindex, ports);
+        if let Err(e) = remove_link_pins(&self.link_dir(id)) {
+            failures.push(e);
+        }
+        failures
+    }
+
+    /// Removes a bottle's map entries but keeps its links: with no policy entry the programs
+    /// drop everything on that interface, as long as the interface exists.
+    pub fn withdraw(&mut self, ifindex: Option<u32>, ports: &[ServicePort]) -> Vec<String> {
         let mut failures = Vec::new();
         if let Some(ifindex) = ifindex {
             for port in ports {
@@ -296,9 +319,6 @@ impl Datapath {
                     failures.push(format!("remove counters: {e}"));
                 }
             }
-        }
-        if let Err(e) = remove_pin_dir(&self.link_dir(id)) {
-            failures.push(e);
         }
         failures
     }
@@ -359,8 +379,9 @@ impl Datapath {
 }
 
 impl Attacher {
-    /// Attaches both programs to the host-side veth, first in the tcx chain, and pins the
-    /// links. On kernels without tcx, falls back to clsact filters.
+    /// Attaches both programs to the host-side veth: first in the tcx chain with pinned links,
+    /// or as the first clsact filters. Attaching where our filters already are replaces their
+    /// programs atomically (a restarted agent's fresh ones), never leaving a gap.
     pub fn attach(&self, id: &str, ifname: &str) -> Result<()> {
         let mut programs = self
             .programs
@@ -431,7 +452,9 @@ fn is_not_found(e: &aya::maps::MapError) -> bool {
         || matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
-fn remove_pin_dir(dir: &Path) -> std::result::Result<(), String> {
+/// Removes a bottle's link pin directory (detaching its tcx links, if the interface still
+/// exists). Missing is fine.
+pub fn remove_link_pins(dir: &Path) -> std::result::Result<(), String> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -481,17 +504,30 @@ fn attach_clsact(
     attach_type: TcAttachType,
 ) -> Result<()> {
     let prog = program(ebpf, name)?;
-    let link_id = prog
-        .attach_with_options(
-            ifname,
-            attach_type,
-            TcAttachOptions::Netlink(NlOptions::default()),
-        )
-        .map_err(prog_err(name))?;
+    let options = NlOptions {
+        priority: CLSACT_PRIORITY,
+        handle: CLSACT_HANDLE,
+    };
+    let link_id =
+        match prog.attach_with_options(ifname, attach_type, TcAttachOptions::Netlink(options)) {
+            Ok(id) => id,
+            Err(aya::programs::ProgramError::TcError(TcError::NetlinkError { io_error }))
+                if io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                let ours = SchedClassifierLink::attached(
+                    ifname,
+                    attach_type,
+                    CLSACT_PRIORITY,
+                    CLSACT_HANDLE,
+                )
+                .map_err(|io_error| prog_err(name)(TcError::NetlinkError { io_error }.into()))?;
+                prog.attach_to_link(ours).map_err(prog_err(name))?
+            }
+            Err(e) => return Err(prog_err(name)(e)),
+        };
     let link = prog.take_link(link_id).map_err(prog_err(name))?;
     // A netlink filter lives with the interface; dropping the link would detach it, so the
     // agent deliberately lets go of it. Deleting the veth removes the filter.
     std::mem::forget(link);
-    warn!(ifname, "attached with clsact (no tcx on this kernel)");
     Ok(())
 }

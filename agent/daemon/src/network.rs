@@ -160,6 +160,62 @@ pub async fn configure_host_side(
     wait_oper_up(handle, ifindex, ifname).await
 }
 
+/// A spare network's links brought up ahead of time, without addresses (its programs drop
+/// everything until a bottle's policy exists): the carrier comes up while the spare waits,
+/// not while a `create` waits for it. IPv6 and forwarding are off on both ends first.
+pub async fn bring_up_spare(
+    handle: &Handle,
+    ifname: &str,
+    ifindex: u32,
+    netns_name: &str,
+) -> Result<()> {
+    write_sysctl(
+        &format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+        "1",
+    )?;
+    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "0")?;
+    let netns_name = netns_name.to_owned();
+    let inside = tokio::task::spawn_blocking(move || {
+        netns::run_in(&netns_name, move || -> Result<()> {
+            write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")?;
+            write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .map_err(NetworkError::Runtime)?;
+            rt.block_on(async move {
+                let handle = connect()?;
+                for name in ["lo", "eth0"] {
+                    let index = link_index(&handle, name)
+                        .await?
+                        .ok_or_else(|| NetworkError::NoSuchLink(name.into()))?;
+                    handle
+                        .link()
+                        .set(index)
+                        .up()
+                        .execute()
+                        .await
+                        .map_err(nl(format!("set {name} up")))?;
+                }
+                Ok(())
+            })
+        })
+    });
+    handle
+        .link()
+        .set(ifindex)
+        .up()
+        .execute()
+        .await
+        .map_err(nl(format!("set {ifname} up")))?;
+    match inside.await {
+        Ok(r) => r??,
+        Err(e) => return Err(netns::NetnsError::Thread(e.to_string()).into()),
+    }
+    Ok(())
+}
+
 /// Inside the bottle: IPv6 off, `lo` up, `eth0` with the bottle address, up, default route
 /// via the gateway. Runs on a dedicated thread inside the namespace.
 pub fn configure_inside(

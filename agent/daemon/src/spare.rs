@@ -1,13 +1,14 @@
 //! Spare networks: the slow part of a bottle's network, made ahead of time.
 //!
-//! Creating the veth and attaching the two tcx programs costs the kernel RCU grace periods
-//! (about 20-30 ms together here). The agent keeps `spare_networks` (default 1) of them
-//! ready: a namespace, the veth with its peer born inside as `eth0`, both programs attached
-//! and their links pinned under the spare's id. A spare has no address, both ends are down
-//! and its ifindex has no policy entry, so the datapath drops everything that could reach
-//! it. `create` takes one (its id becomes the bottle's id), writes the policy, configures
-//! both ends and starts the services, and a background task makes the next one, off the
-//! manager's lock.
+//! Making a namespace and a veth, attaching both programs and waiting for the carrier costs
+//! a few milliseconds with clsact (20-30 ms more with tcx, whose attaches wait out RCU grace
+//! periods). The agent keeps `spare_networks` (default 1) of them ready: a namespace, the veth
+//! with its peer born inside as `eth0`, both programs attached (tcx links pinned under the
+//! spare's id). A spare has no address and its ifindex has no policy entry, so the datapath
+//! drops everything that could reach it; both ends are up already, so their carrier is too by
+//! the time a `create` takes the spare. `create` takes one (its id becomes the bottle's id),
+//! writes the policy, configures both ends and starts the services, and a background task
+//! makes the next one, off the manager's lock.
 //!
 //! A spare has no state directory: to a restarted agent it is an orphan like any other and
 //! is removed (`Manager::adopt`); a stopping agent removes its spares itself. `ls` and `rm`
@@ -65,6 +66,7 @@ impl SpareJob {
         *ifindex = Some(index);
         let (attacher, id, host) = (self.attacher.clone(), self.id.clone(), self.host.clone());
         tokio::task::spawn_blocking(move || attacher.attach(&id, &host)).await??;
+        network::bring_up_spare(&self.netlink, &self.host, index, &self.netns).await?;
         debug!(id = %self.id, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "spare network made");
         Ok(index)
     }
