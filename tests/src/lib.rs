@@ -357,6 +357,17 @@ pub fn links_with_prefix(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits (bounded) until no interface named with `prefix` is left. The agent drops a removed
+/// bottle's namespace and the kernel deletes its veth moments later, on its own (decision
+/// 0005), so "nothing left" holds a few milliseconds after `rm` returns.
+pub fn wait_links_gone(prefix: &str) {
+    wait_for(
+        &format!("interfaces named {prefix}* to be deleted"),
+        std::time::Duration::from_secs(15),
+        || links_with_prefix(prefix).is_empty(),
+    );
+}
+
 /// A veth pair `<name>`/`<name>p` in the host namespace, both up, `addr` (CIDR) on `<name>`:
 /// a host address (or route) this test made. Deleted when dropped.
 pub struct HostLink(pub String);

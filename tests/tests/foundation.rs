@@ -249,6 +249,7 @@ fn privileged_restart_removes_orphans() {
 }
 
 fn assert_nothing_left(agent: &Agent) {
+    wait_links_gone(&agent.slot.veth_prefix);
     assert!(
         netns_with_prefix(&agent.slot.netns_prefix).is_empty(),
         "netns left"

@@ -80,6 +80,7 @@ fn entries(dir: &Path) -> Vec<String> {
 /// bottle.
 fn assert_nothing_left(agent: &Agent) {
     let run = run_dir(agent);
+    wait_links_gone(&agent.slot.veth_prefix);
     assert_eq!(
         netns_with_prefix(&agent.slot.netns_prefix),
         Vec::<String>::new()

@@ -389,19 +389,37 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     phases.mark("mount points");
-    crate::selfcheck::check(&netns_name, p.gateway, &rootfs.trust_bundle()?)?;
-    phases.mark("trust check");
-    rootfs.chown_dirs(&[&spec.home], host_uid, host_gid)?;
-    let oci = bundle::build(&spec)?;
+    // The trust check runs while the bundle is written (it needs only the CA bundle, final
+    // by now); the runtime starts only once it has passed.
+    let trust_bundle = rootfs.trust_bundle()?;
     let bdir = bundle_dir(&p.run_dir, &p.id);
-    let parent = p.run_dir.join(BUNDLES_DIR);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&parent)
-        .map_err(io_at(&parent))?;
-    bundle::write(&spec, &oci, &bdir)?;
-    phases.mark("bundle");
+    let (checked, written) = std::thread::scope(|scope| {
+        let check = scope.spawn(|| crate::selfcheck::check(&netns_name, p.gateway, &trust_bundle));
+        let written = (|| -> Result<()> {
+            rootfs.chown_dirs(&[&spec.home], host_uid, host_gid)?;
+            let oci = bundle::build(&spec)?;
+            let parent = p.run_dir.join(BUNDLES_DIR);
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&parent)
+                .map_err(io_at(&parent))?;
+            bundle::write(&spec, &oci, &bdir)?;
+            Ok(())
+        })();
+        (check.join(), written)
+    });
+    match checked {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(LaunchError::Io {
+                path: PathBuf::from("trust check"),
+                source: std::io::Error::other("the trust check's thread panicked"),
+            })
+        }
+    }
+    written?;
+    phases.mark("trust check, bundle");
 
     // Pipes for the workload's streams; the agent keeps only its ends (the others move into
     // runc's child and are closed here once it has been spawned). With a terminal, runc makes
@@ -453,15 +471,21 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         phases.done();
         return Ok(started);
     }
-    let created = runc.create(
-        &p.id,
-        &bdir,
-        CreateOptions {
-            pid_file: Some(&pid_file),
-            console_socket: console.as_ref().map(ConsoleSocket::path),
-            stdio,
-        },
-    );
+    let options = CreateOptions {
+        pid_file: Some(&pid_file),
+        console_socket: console.as_ref().map(ConsoleSocket::path),
+        stdio,
+    };
+    if console.is_none() {
+        // Nothing to do between create and start: one runtime call instead of two.
+        let run = runc.run_detached(&p.id, &bdir, options);
+        ours.container = run.map_err(|e| command_not_found(e, &spec.args))?;
+        phases.mark("runtime run");
+        ours.pid = read_pid(&pid_file)?;
+        phases.done();
+        return Ok(ours);
+    }
+    let created = runc.create(&p.id, &bdir, options);
     ours.container = created.map_err(|e| command_not_found(e, &spec.args))?;
     if let (Some(console), &WorkloadIo::Tty { rows, cols }) = (&console, &p.io) {
         let master = console.recv_master(CONSOLE_TIMEOUT)?;
@@ -482,13 +506,17 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
 }
 
 fn finish_start(mut ours: Started, pid_file: &Path) -> Result<Started> {
-    ours.pid = fs::read_to_string(pid_file)
+    ours.pid = read_pid(pid_file)?;
+    ours.container.start()?;
+    Ok(ours)
+}
+
+fn read_pid(pid_file: &Path) -> Result<i32> {
+    fs::read_to_string(pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .filter(|&pid| pid > 0)
-        .ok_or_else(|| LaunchError::Pid(pid_file.to_path_buf()))?;
-    ours.container.start()?;
-    Ok(ours)
+        .ok_or_else(|| LaunchError::Pid(pid_file.to_path_buf()))
 }
 
 /// `runc create` through a keeper (`crate::keeper`): spawns it, waits (bounded) for its one
@@ -709,7 +737,11 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
         match Runc::new(runtime(), &root) {
             Ok(runc) => {
                 let runc = runc.with_timeout(RUNC_TIMEOUT);
-                match runc.container(id).and_then(|c| c.delete(true)) {
+                let removed = runc.container(id).and_then(|c| match c.remove_stopped() {
+                    Ok(true) => Ok(()),
+                    Ok(false) | Err(_) => c.delete(true),
+                });
+                match removed {
                     Ok(()) => {}
                     // Someone else (a concurrent `rm`) deleted it first.
                     Err(_) if !root.join(id).exists() => {}

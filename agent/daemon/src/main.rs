@@ -34,7 +34,7 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::AgentConfig;
-use crate::datapath::{AttachMode, Datapath};
+use crate::datapath::Datapath;
 use crate::manager::Manager;
 
 /// Fixed exit codes for fatal start-up failures, so supervisors can tell them apart.
@@ -172,16 +172,13 @@ async fn run(config: AgentConfig) -> ExitCode {
         return AgentExit::State.into();
     }
 
-    let datapath = match Datapath::load(&config.bpf_pin_root) {
+    let datapath = match Datapath::load(&config.bpf_pin_root, config.tc_attach) {
         Ok(d) => d,
         Err(e) => {
             error!("{e}");
             return AgentExit::Datapath.into();
         }
     };
-    if datapath.mode() == AttachMode::Clsact {
-        info!("kernel has no tcx; attaching with clsact");
-    }
     let netlink = match network::connect() {
         Ok(h) => h,
         Err(e) => {
@@ -262,6 +259,7 @@ async fn run(config: AgentConfig) -> ExitCode {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     manager.lock().await.remove_spares().await;
+    manager.lock().await.finish_drains().await;
     drop(lock);
     ExitCode::SUCCESS
 }

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
 use crate::config::AgentConfig;
-use crate::datapath::{BottleDatapath, Datapath, DatapathError};
+use crate::datapath::{AttachMode, BottleDatapath, Datapath, DatapathError};
 use crate::ipam::{Block, Ipam, IpamError};
 use crate::launch;
 use crate::logfile;
@@ -136,6 +136,11 @@ pub struct Manager {
     making: BTreeSet<String>,
     /// Wakes the task that makes spares (`spare::keep`).
     spares_wanted: Arc<Notify>,
+    /// Address blocks of removed bottles whose veth the kernel has since deleted (see
+    /// [`Drain`]); returned to the pool at the next create.
+    freed_blocks: Arc<std::sync::Mutex<Vec<u32>>>,
+    /// Drains still waiting for their veth (see [`Drain`]), awaited when the agent stops.
+    drains: Vec<tokio::task::JoinHandle<()>>,
 }
 
 fn now_secs() -> u64 {
@@ -170,6 +175,49 @@ impl Manager {
             spares: Vec::new(),
             making: BTreeSet::new(),
             spares_wanted: Arc::new(Notify::new()),
+            freed_blocks: Arc::default(),
+            drains: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded by each drain's own timeout) until every removed bottle's veth is gone
+    /// and its pins and block released; for a stopping agent, which would otherwise leave a
+    /// removed spare's link pins behind.
+    pub async fn finish_drains(&mut self) {
+        for drain in std::mem::take(&mut self.drains) {
+            let _ = drain.await;
+        }
+    }
+
+    /// An address block; with the pool full but a removed bottle's veth still being deleted
+    /// by the kernel, waits (bounded) for that block to come back rather than failing.
+    async fn allocate_block(&mut self) -> Result<crate::ipam::Block> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            self.reclaim_blocks();
+            match self.ipam.allocate() {
+                Ok(block) => return Ok(block),
+                Err(e) => {
+                    let draining = self.drains.iter().any(|d| !d.is_finished());
+                    if !draining || std::time::Instant::now() >= deadline {
+                        return Err(e.into());
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+        }
+    }
+
+    /// Returns to the pool the blocks whose veths are gone.
+    fn reclaim_blocks(&mut self) {
+        let freed = std::mem::take(
+            &mut *self
+                .freed_blocks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for index in freed {
+            self.ipam.release(index);
         }
     }
 
@@ -311,7 +359,7 @@ impl Manager {
                 return Err(ManagerError::NameTaken(name.clone()));
             }
         }
-        let block = self.ipam.allocate()?;
+        let block = self.allocate_block().await?;
         // A spare network's id becomes the bottle's. The next spare is made once this create
         // is done (below): making one holds the kernel's RTNL lock through RCU grace
         // periods, and this bottle's links coming up need that lock too.
@@ -374,8 +422,9 @@ impl Manager {
             }
             Err(e) => {
                 warn!(bottle = %name, error = %e, "create failed; rolling back");
-                let failures = self.teardown(&meta, ifindex, false).await;
-                self.ipam.release(block.index);
+                let failures = self
+                    .teardown(&meta, ifindex, false, Some(block.index))
+                    .await;
                 if !failures.is_empty() {
                     error!(bottle = %name, failures = %failures.join("; "), "rollback incomplete");
                 }
@@ -568,7 +617,7 @@ impl Manager {
             workload: None,
             agent: None,
         };
-        let failures = self.teardown(&meta, ifindex, false).await;
+        let failures = self.teardown(&meta, ifindex, false, None).await;
         if !failures.is_empty() {
             error!(id = %id, failures = %failures.join("; "), "spare network removal incomplete");
         }
@@ -577,16 +626,23 @@ impl Manager {
     /// Removes whatever exists of a bottle, in an order that never lets traffic through
     /// unfiltered. Returns what could not be removed.
     ///
+    /// The veth is not deleted here: dropping the namespace lets the kernel delete it, with
+    /// the veth pair inside, on its own (as it does for a plain `runc run`'s namespace).
+    /// Deleting a veth waits out RCU grace periods in the kernel, 20-50 ms here, which every
+    /// `bottle run --rm` would otherwise spend. Until the kernel is done, the host end has no
+    /// policy entry (its programs drop everything), nothing lives in the namespace, and its
+    /// link pins and address block stay taken; a [`Drain`] releases them when it is gone.
+    ///
     /// `exited`: the workload's init has been reaped. It ran in its own PID namespace, whose
     /// other processes the kernel kills before the init can be reaped, so no process of the
     /// workload is left: its leftovers (runc's record, cgroup, rootfs mounts) are then removed
-    /// while the veth goes, not before it. Deleting the veth waits out RCU grace periods in
-    /// the kernel; this hides the workload cleanup behind them.
+    /// while the network goes, not before it.
     async fn teardown(
         &mut self,
         meta: &Metadata,
         ifindex: Option<u32>,
         exited: bool,
+        block: Option<u32>,
     ) -> Vec<String> {
         let started = std::time::Instant::now();
         let step = |what: &str| debug!(bottle = %meta.name, step = what, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "teardown");
@@ -611,11 +667,20 @@ impl Manager {
             }
             step("workload");
         }
-        // Deleting one end of a veth deletes both (the peer is born inside the namespace).
-        if let Err(e) = network::delete_link(&self.netlink, &meta.host_interface).await {
-            failures.push(e.to_string());
+        // From here the programs drop everything on the host end.
+        let ports = self.config.service_ports.clone();
+        failures.extend(self.datapath.withdraw(ifindex, &ports));
+        step("policy");
+        // A namespace whose name is already gone (an orphan's) may still be held by
+        // something, keeping its veth alive: that veth is deleted here.
+        if !netns::exists(&meta.netns) {
+            if let Err(e) = network::delete_link(&self.netlink, &meta.host_interface).await {
+                failures.push(e.to_string());
+            }
+            step("veth");
         }
-        step("veth");
+        // The workload's overlay is unmounted before the namespace goes: an unmount waits
+        // much longer while the kernel is tearing a namespace down.
         if let Some(w) = workload.take() {
             match w.await {
                 Ok(f) => failures.extend(f),
@@ -637,13 +702,19 @@ impl Manager {
             failures.push(e);
         }
         step("etc, workspace");
-        let ports = self.config.service_ports.clone();
-        failures.extend(self.datapath.uninstall(&meta.id, ifindex, &ports));
-        step("datapath");
         if let Err(e) = state::remove_bottle_dir(&self.config.state_dir, &meta.id) {
             failures.push(e);
         }
         step("state");
+        let drain = Drain {
+            netlink: self.netlink.clone(),
+            host_interface: meta.host_interface.clone(),
+            pins: self.datapath.link_dir(&meta.id),
+            block,
+            freed_blocks: self.freed_blocks.clone(),
+        };
+        self.drains.retain(|d| !d.is_finished());
+        self.drains.push(tokio::spawn(drain.run()));
         failures
     }
 
@@ -691,12 +762,10 @@ impl Manager {
         let t = std::time::Instant::now();
         drop(bottle.services.take());
         debug!(bottle = %name, services_us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX), "services stopped");
+        let block = bottle.block.map(|b| b.index);
         let failures = self
-            .teardown(&bottle.meta, Some(bottle.ifindex), exited)
+            .teardown(&bottle.meta, Some(bottle.ifindex), exited, block)
             .await;
-        if let Some(block) = bottle.block {
-            self.ipam.release(block.index);
-        }
         if failures.is_empty() {
             info!(bottle = %name, id = %bottle.meta.id, "removed");
             Ok(())
@@ -1020,7 +1089,7 @@ impl Manager {
             };
             if let Some(reason) = reason {
                 warn!(bottle = %meta.name, id = %meta.id, reason, "removing orphaned bottle state");
-                let failures = self.teardown(&meta, ifindex, false).await;
+                let failures = self.teardown(&meta, ifindex, false, None).await;
                 if !failures.is_empty() {
                     error!(bottle = %meta.name, failures = %failures.join("; "), "orphan removal incomplete");
                 }
@@ -1045,7 +1114,12 @@ impl Manager {
             if let Err(e) = self.datapath.install(&dp) {
                 error!(bottle = %meta.name, error = %e, "cannot restore datapath policy");
             }
-            if !self.datapath.links_pinned(&meta.id) {
+            if self.datapath.mode() == AttachMode::Clsact {
+                // Replaces the filters' programs with this run's (or attaches them if gone).
+                if let Err(e) = self.datapath.attach(&meta.id, &meta.host_interface) {
+                    error!(bottle = %meta.name, error = %e, "cannot re-attach datapath");
+                }
+            } else if !self.datapath.links_pinned(&meta.id) {
                 warn!(bottle = %meta.name, "datapath links missing; re-attaching");
                 let _ = self.datapath.uninstall(&meta.id, None, &[]);
                 if let Err(e) = self.datapath.attach(&meta.id, &meta.host_interface) {
@@ -1192,6 +1266,61 @@ fn kernel_counters(c: &BottleCounters) -> KernelCounters {
             kill_switch: c.drop_count(DropReason::KillSwitch),
             other: c.drop_count(DropReason::Other),
         },
+    }
+}
+
+/// How long the kernel gets to delete a dropped namespace's veth before the agent deletes it
+/// itself (something still holds the namespace).
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a removed bottle leaves until the kernel has deleted its veth: the host end's link
+/// pins (so a tcx program keeps dropping for as long as the interface exists) and its
+/// address block (so no new bottle gets the same gateway address on a second interface).
+struct Drain {
+    netlink: Handle,
+    host_interface: String,
+    pins: std::path::PathBuf,
+    block: Option<u32>,
+    freed_blocks: Arc<std::sync::Mutex<Vec<u32>>>,
+}
+
+impl Drain {
+    async fn run(self) {
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        let gone = loop {
+            match network::link_index(&self.netlink, &self.host_interface).await {
+                Ok(None) => break true,
+                Ok(Some(_)) if started.elapsed() < DRAIN_TIMEOUT => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+                found => {
+                    if let Err(e) = &found {
+                        warn!(veth = %self.host_interface, error = %e, "cannot tell whether a removed bottle's veth is gone; deleting it");
+                    } else {
+                        warn!(veth = %self.host_interface, "a removed bottle's namespace is still held after {DRAIN_TIMEOUT:?}; deleting its veth");
+                    }
+                    match network::delete_link(&self.netlink, &self.host_interface).await {
+                        Ok(()) => break true,
+                        Err(e) => {
+                            error!(veth = %self.host_interface, error = %e, "cannot delete a removed bottle's veth; its address block stays taken until the agent restarts");
+                            break false;
+                        }
+                    }
+                }
+            }
+        };
+        if let Err(e) = crate::datapath::remove_link_pins(&self.pins) {
+            error!(veth = %self.host_interface, problem = %e, "removing a bottle's link pins");
+        }
+        if let (true, Some(index)) = (gone, self.block) {
+            self.freed_blocks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(index);
+        }
+        debug!(veth = %self.host_interface, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), gone, "veth drained");
     }
 }
 
