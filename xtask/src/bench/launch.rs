@@ -1,10 +1,14 @@
 //! `cargo xtask bench launch`: `bottle run --rm IMG true` end to end (client process start to
 //! exit: bottle create with netns, veth and tcx programs, services, overlay rootfs, CA
-//! install, trust check, bundle, runc create/start, wait, cleanup, bottle removal) against
-//! `runc run` of an equivalent prepared bundle (same image as a plain directory, runc's
-//! default spec: no user namespace, no seccomp, nothing to clean up but the container) and
-//! `podman run --rm --rootfs DIR --network none true` (Debian's podman, driving the same
-//! runc), 30 runs each, interleaved. Also the agent's RSS per running (detached) bottle.
+//! install, trust check, bundle, runc run, wait, cleanup, bottle removal) against two
+//! prepared bundles run with `runc run`: the bottle's own (its `config.json` as the agent
+//! wrote it for a detached bottle — user namespace, seccomp, limits, masked paths, that
+//! bottle's netns and overlay — with `true` as the command and a cgroup of its own), and runc's
+//! default spec over the same image as a plain directory (no user namespace, no seccomp) —
+//! and `podman run --rm --rootfs DIR --network none true` (Debian's podman, driving the same
+//! runc), 30 runs each, interleaved. Every command is timed from spawn to exit as the
+//! kernel reports it (a pidfd), never to a polling tick. Also the agent's RSS per running
+//! (detached) bottle.
 //!
 //! The image is the offline test image (`cargo xtask images`); podman comes from Debian and
 //! is installed by the unprivileged part ([`prepare`]).
@@ -97,6 +101,30 @@ fn runc_bundle(bundle: &Path, rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A copy of the detached bottle `name`'s bundle in `dest`: its `config.json` with `true` as
+/// the command and a cgroup of its own (the bottle's workload keeps its cgroup).
+fn own_bundle_copy(agent: &PrivateAgent, name: &str, dest: &Path) -> Result<()> {
+    let (status, body) = agent.api("GET", &format!("/v1/bottles/{name}"), "")?;
+    if status != 200 {
+        bail!("bottle {name}: HTTP {status}: {body}");
+    }
+    let info: serde_json::Value = serde_json::from_str(&body)?;
+    let id = info["id"]
+        .as_str()
+        .context("the agent's bottle info has no id")?;
+    let config = agent.dir.join("run/bundles").join(id).join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?,
+    )?;
+    spec["process"]["args"] = serde_json::json!(["true"]);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["linux"]["cgroupsPath"] =
+        serde_json::json!(format!("/bottle-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dest)?;
+    std::fs::write(dest.join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
+    Ok(())
+}
+
 /// Unmounts a path when dropped (if it is a mount point at all).
 struct Unmount(PathBuf);
 
@@ -134,6 +162,24 @@ pub fn run() -> Result<()> {
     let bundle = work.path().join("bundle");
     runc_bundle(&bundle, &rootfs)?;
     let runc_root = work.path().join("runc-root");
+    // The bottle's own bundle: a detached bottle's, kept running (its netns and overlay are
+    // what the bundle names) while its copy runs `true` beside it.
+    agent.client_env(
+        &[
+            "run",
+            "--detach",
+            "--name",
+            "eqv",
+            "--image",
+            "bottle-test:latest",
+            "--",
+            "sleep",
+            "100000",
+        ],
+        &[],
+    )?;
+    let own_bundle = work.path().join("own-bundle");
+    own_bundle_copy(&agent, "eqv", &own_bundle)?;
     let podman_dir = work.path().join("podman");
     // Declared after `work`, so dropped before it: podman leaves its storage bind-mounted.
     let _podman_mount = Unmount(podman_dir.join("storage/overlay"));
@@ -144,12 +190,12 @@ pub fn run() -> Result<()> {
             .env("BOTTLE_HOST", agent.socket());
         Ok::<_, anyhow::Error>(c)
     };
-    let runc_cmd = |i: usize| {
+    let runc_cmd = |bundle: &Path, i: usize| {
         let mut c = Command::new(RUNC);
         c.arg("--root")
             .arg(&runc_root)
             .args(["run", "--bundle"])
-            .arg(&bundle)
+            .arg(bundle)
             .arg(format!("bench-{}-{i}", std::process::id()));
         c
     };
@@ -175,7 +221,8 @@ pub fn run() -> Result<()> {
         c
     };
     // Warm-up of the baselines (podman initialises its storage on first use).
-    timed(&mut runc_cmd(RUNS))?;
+    timed(&mut runc_cmd(&bundle, RUNS))?;
+    timed(&mut runc_cmd(&own_bundle, RUNS + 1))?;
     let podman_ok = match timed(&mut podman_cmd()) {
         Ok(_) => None,
         Err(e) => Some(format!("{e:#}")),
@@ -191,6 +238,11 @@ pub fn run() -> Result<()> {
         detail: "same image as a directory, runc's default spec",
         ms: Vec::new(),
     };
+    let mut runc_own = Series {
+        name: "`runc run` of the bottle's own bundle",
+        detail: "user namespace, seccomp, limits, a bottle's netns and overlay",
+        ms: Vec::new(),
+    };
     let mut podman = Series {
         name: "`podman run --rm --rootfs DIR --network none true`",
         detail: "Debian podman 4.3, runtime runc, cgroupfs, nofile/nproc 1024",
@@ -202,7 +254,10 @@ pub fn run() -> Result<()> {
         process::check_interrupted()?;
         eprintln!("xtask: bench launch: run {}/{RUNS}", i + 1);
         bottle.ms.push(timed(&mut bottle_cmd()?)?);
-        runc.ms.push(timed(&mut runc_cmd(i))?);
+        runc.ms.push(timed(&mut runc_cmd(&bundle, i))?);
+        runc_own
+            .ms
+            .push(timed(&mut runc_cmd(&own_bundle, RUNS + 2 + i))?);
         if podman_ok.is_none() {
             podman.ms.push(timed(&mut podman_cmd())?);
         }
@@ -237,6 +292,7 @@ pub fn run() -> Result<()> {
         )?;
     }
     let rss_after = rss_kib(agent.pid())?;
+    agent.remove("eqv")?;
     for i in 0..RSS_BOTTLES {
         agent.remove(&format!("rss-{i}"))?;
     }
@@ -249,13 +305,14 @@ pub fn run() -> Result<()> {
         load.trim()
     );
     println!();
-    println!("| what | p50 | p95 | p50 / runc |");
-    println!("|---|---|---|---|");
+    println!("| what | p50 | p95 | p50 / runc, default spec | p50 / runc, bottle's bundle |");
+    println!("|---|---|---|---|---|");
     let base = runc.p(50.0);
-    for s in [&bottle, &runc, &podman] {
+    let own = runc_own.p(50.0);
+    for s in [&bottle, &runc, &runc_own, &podman] {
         if s.ms.is_empty() {
             println!(
-                "| {} ({}) | not measured: {} | | |",
+                "| {} ({}) | not measured: {} | | | |",
                 s.name,
                 s.detail,
                 podman_ok.as_deref().unwrap_or("")
@@ -263,28 +320,29 @@ pub fn run() -> Result<()> {
             continue;
         }
         println!(
-            "| {} ({}) | {:.1} ms | {:.1} ms | **{:.2}×** |",
+            "| {} ({}) | {:.1} ms | {:.1} ms | **{:.2}×** | **{:.2}×** |",
             s.name,
             s.detail,
             s.p(50.0),
             s.p(95.0),
-            s.p(50.0) / base
+            s.p(50.0) / base,
+            s.p(50.0) / own
         );
     }
     println!(
-        "| of which bottle create (netns, veth, tcx, services), API | {:.1} ms | {:.1} ms | |",
+        "| of which bottle create (netns, veth, programs, services), API | {:.1} ms | {:.1} ms | | |",
         percentile(&create, 50.0),
         percentile(&create, 95.0)
     );
     println!(
-        "| of which bottle remove, API | {:.1} ms | {:.1} ms | |",
+        "| of which bottle remove, API | {:.1} ms | {:.1} ms | | |",
         percentile(&remove, 50.0),
         percentile(&remove, 95.0)
     );
     #[expect(clippy::cast_precision_loss, reason = "display only")]
     let per_bottle = rss_after.saturating_sub(rss_before) as f64 / RSS_BOTTLES as f64;
     println!(
-        "| agent RSS per running bottle ({RSS_BOTTLES} detached `sleep`) | {per_bottle:.0} KiB | | ({} → {} KiB) |",
+        "| agent RSS per running bottle ({RSS_BOTTLES} detached `sleep`) | {per_bottle:.0} KiB | | ({} → {} KiB) | |",
         rss_before, rss_after
     );
     Ok(())
