@@ -208,6 +208,11 @@ impl Manager {
         }
     }
 
+    /// Wakes the task that makes spare networks (after a create that took one).
+    pub fn want_spares(&self) {
+        self.spares_wanted.notify_one();
+    }
+
     /// Returns to the pool the blocks whose veths are gone.
     fn reclaim_blocks(&mut self) {
         let freed = std::mem::take(
@@ -335,7 +340,10 @@ impl Manager {
         self.create_with(caller, req, "none").await
     }
 
-    /// `create`, recording which launcher will own the bottle's workload.
+    /// `create`, recording which launcher will own the bottle's workload. A launcher about to
+    /// start a workload asks for the next spare itself once the workload runs
+    /// ([`Self::want_spares`]), so that making it does not compete with the runtime for the
+    /// host's CPUs and RTNL.
     pub async fn create_with(
         &mut self,
         caller: Caller,
@@ -404,7 +412,7 @@ impl Manager {
                 &gate.keys,
             )
             .await;
-        if took_spare {
+        if took_spare && launcher == "none" {
             self.spares_wanted.notify_one();
         }
         match built {

@@ -357,6 +357,10 @@ async fn launch(
         warn!(bottle = %info.name, error = %e, "cannot record the workload");
     }
     let launched = tokio::task::spawn_blocking(move || launch::start(params)).await;
+    if created {
+        // The spare this create may have taken is replaced now, not during the launch.
+        manager.lock().await.want_spares();
+    }
     let started = match launched {
         Ok(Ok(s)) => s,
         failed => {
