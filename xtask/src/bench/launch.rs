@@ -6,8 +6,9 @@
 //! bottle's netns and overlay — with `true` as the command and a cgroup of its own), and runc's
 //! default spec over the same image as a plain directory (no user namespace, no seccomp) —
 //! and `podman run --rm --rootfs DIR --network none true` (Debian's podman, driving the same
-//! runc), 30 runs each, interleaved. Every command is timed from spawn to exit as the
-//! kernel reports it (a pidfd), never to a polling tick. Also the agent's RSS per running
+//! runc), 30 runs each, interleaved in rotating order, each on a settled machine (podman's
+//! asynchronous clean-up finished). Every command is timed from spawn to exit as the kernel
+//! reports it (a pidfd), never to a polling tick. Also the agent's RSS per running
 //! (detached) bottle.
 //!
 //! The image is the offline test image (`cargo xtask images`); podman comes from Debian and
@@ -99,6 +100,28 @@ fn runc_bundle(bundle: &Path, rootfs: &Path) -> Result<()> {
     spec["root"]["readonly"] = serde_json::json!(true);
     std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
     Ok(())
+}
+
+/// Waits (at most 5 s) until no process's command line mentions `marker`: podman's
+/// asynchronous clean-up after `podman run --rm` has returned.
+fn settle(marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && process_mentions(marker) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn process_mentions(marker: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            && std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+    })
 }
 
 /// A copy of the detached bottle `name`'s bundle in `dest`: its `config.json` with `true` as
@@ -250,16 +273,27 @@ pub fn run() -> Result<()> {
     };
     let mut create = Vec::new();
     let mut remove = Vec::new();
+    // Each command is measured on a settled machine: podman leaves conmon and a `podman
+    // container cleanup` running after it returns, which would otherwise eat into whatever is
+    // measured next; and the order rotates, so no series always follows the same one.
+    let podman_marker = podman_dir.display().to_string();
     for i in 0..RUNS {
         process::check_interrupted()?;
         eprintln!("xtask: bench launch: run {}/{RUNS}", i + 1);
-        bottle.ms.push(timed(&mut bottle_cmd()?)?);
-        runc.ms.push(timed(&mut runc_cmd(&bundle, i))?);
-        runc_own
-            .ms
-            .push(timed(&mut runc_cmd(&own_bundle, RUNS + 2 + i))?);
-        if podman_ok.is_none() {
-            podman.ms.push(timed(&mut podman_cmd())?);
+        for k in 0..4 {
+            match (i + k) % 4 {
+                0 => bottle.ms.push(timed(&mut bottle_cmd()?)?),
+                1 => runc.ms.push(timed(&mut runc_cmd(&bundle, i))?),
+                2 => runc_own
+                    .ms
+                    .push(timed(&mut runc_cmd(&own_bundle, RUNS + 2 + i))?),
+                _ => {
+                    if podman_ok.is_none() {
+                        podman.ms.push(timed(&mut podman_cmd())?);
+                    }
+                }
+            }
+            settle(&podman_marker);
         }
         // The network part alone (create + remove through the API), for the breakdown.
         let name = format!("net-{i}");
@@ -269,6 +303,7 @@ pub fn run() -> Result<()> {
         let t = Instant::now();
         agent.remove(&name)?;
         remove.push(ms(t));
+        settle(&podman_marker);
     }
     create.sort_by(f64::total_cmp);
     remove.sort_by(f64::total_cmp);
@@ -301,7 +336,7 @@ pub fn run() -> Result<()> {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("## launch (`cargo xtask bench launch`)\n");
     println!(
-        "{RUNS} runs each, interleaved; load average at the end: {}",
+        "{RUNS} runs each, interleaved in rotating order, podman's clean-up awaited; load average at the end: {}",
         load.trim()
     );
     println!();
