@@ -37,20 +37,16 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// The upstream: namespace `gitup<slot>` reached from the host over a veth
-/// (`10.251.<slot>.1` host side, `.2` inside), a bare repo with `main`, and `sshd` on `.2:22`
-/// accepting only the test key.
-struct SshUpstream {
+/// The upstream's network: namespace `gitup<slot>` reached from the host over a veth
+/// (`10.251.<slot>.1` host side, `.2` inside); removed when dropped.
+struct UpstreamNet {
     netns: String,
     host_if: String,
     addr: Ipv4Addr,
-    dir: tempfile::TempDir,
-    sshd: Option<Child>,
-    host_key: String,
 }
 
-impl SshUpstream {
-    fn start(slot: u8) -> Self {
+impl UpstreamNet {
+    fn new(slot: u8) -> Self {
         let netns = format!("gitup{slot}");
         let host_if = format!("gitup{slot}h");
         let _ = Command::new("ip").args(["netns", "del", &netns]).output();
@@ -68,17 +64,108 @@ impl SshUpstream {
             &host_if,
         ]);
         ip(&["link", "set", &host_if, "up"]);
-        ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("10.251.{slot}.2/30"),
-            "dev",
-            "eth0",
-        ]);
+        let inside = format!("10.251.{slot}.2/30");
+        ip(&["-n", &netns, "addr", "add", &inside, "dev", "eth0"]);
         ip(&["-n", &netns, "link", "set", "eth0", "up"]);
         ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        Self {
+            netns,
+            host_if,
+            addr: Ipv4Addr::new(10, 251, slot, 2),
+        }
+    }
+}
+
+impl Drop for UpstreamNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+/// A bare repo at `bare` with one commit on `main` (made in `scratch/seed`).
+fn seed_bare_repo(scratch: &Path, bare: &Path) {
+    let work = scratch.join("seed");
+    std::fs::create_dir(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("README"), "hello\n").unwrap();
+    git(&work, &["add", "README"]);
+    git(&work, &["commit", "-q", "-m", "first"]);
+    run(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(bare));
+}
+
+fn rev_in(repo: &Path, rev: &str) -> Option<String> {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(["rev-parse", "--verify", "-q", rev])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
+}
+
+/// Commits straight into the upstream `repo` (out of band), on `branch`.
+fn commit_into(
+    repo: &Path,
+    scratch: &Path,
+    branch: &str,
+    file: &str,
+    content: &str,
+    msg: &str,
+) -> String {
+    let work = scratch.join(format!("oob-{}", rand_suffix()));
+    run(Command::new("git")
+        .args(["clone", "-q", "-b", branch])
+        .arg(repo)
+        .arg(&work));
+    std::fs::write(work.join(file), content).unwrap();
+    git(&work, &["add", file]);
+    git(&work, &["commit", "-q", "-m", msg]);
+    git(&work, &["push", "-q", "origin", branch]);
+    git(&work, &["rev-parse", "HEAD"])
+}
+
+/// The gate's spec for one repo `app` at `url` (keys are not part of it).
+fn gate_spec(url: String) -> GitGateSpec {
+    GitGateSpec {
+        user: Some(GitUser {
+            name: Some("Bottle Agent".into()),
+            email: Some("agent@example.com".into()),
+        }),
+        repos: Some(BTreeMap::from([(
+            "app".to_string(),
+            GitRepoSpec {
+                url,
+                identity: String::new(),
+                host_key: None,
+                policy: None,
+            },
+        )])),
+    }
+}
+
+/// The upstream: namespace `gitup<slot>` reached from the host over a veth
+/// (`10.251.<slot>.1` host side, `.2` inside), a bare repo with `main`, and `sshd` on `.2:22`
+/// accepting only the test key.
+struct SshUpstream {
+    net: UpstreamNet,
+    dir: tempfile::TempDir,
+    sshd: Option<Child>,
+    host_key: String,
+}
+
+impl SshUpstream {
+    fn start(slot: u8) -> Self {
+        let net = UpstreamNet::new(slot);
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         // Keys: the gate's client key, and the server's only host key (pinned below).
@@ -94,17 +181,7 @@ impl SshUpstream {
             .take(2)
             .collect::<Vec<_>>()
             .join(" ");
-        // The upstream repo, with one commit on main.
-        let work = d.join("seed");
-        std::fs::create_dir(&work).unwrap();
-        git(&work, &["init", "-q", "-b", "main"]);
-        std::fs::write(work.join("README"), "hello\n").unwrap();
-        git(&work, &["add", "README"]);
-        git(&work, &["commit", "-q", "-m", "first"]);
-        run(Command::new("git")
-            .args(["clone", "-q", "--bare"])
-            .arg(&work)
-            .arg(d.join("upstream.git")));
+        seed_bare_repo(d, &d.join("upstream.git"));
         std::fs::write(
             d.join("sshd_config"),
             format!(
@@ -119,9 +196,7 @@ impl SshUpstream {
         .unwrap();
         std::fs::create_dir_all("/run/sshd").unwrap();
         let mut up = Self {
-            netns,
-            host_if,
-            addr: Ipv4Addr::new(10, 251, slot, 2),
+            net,
             dir,
             sshd: None,
             host_key,
@@ -135,7 +210,7 @@ impl SshUpstream {
             .args([
                 "netns",
                 "exec",
-                &self.netns,
+                &self.net.netns,
                 "/usr/sbin/sshd",
                 "-D",
                 "-e",
@@ -148,7 +223,7 @@ impl SshUpstream {
             .unwrap();
         self.sshd = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !tcp_connects(SocketAddr::V4(SocketAddrV4::new(self.addr, 22)), None) {
+        while !tcp_connects(SocketAddr::V4(SocketAddrV4::new(self.net.addr, 22)), None) {
             assert!(
                 Instant::now() < deadline,
                 "sshd did not start: {}",
@@ -174,33 +249,16 @@ impl SshUpstream {
     }
 
     fn url(&self) -> String {
-        format!("ssh://root@{}{}", self.addr, self.repo().display())
+        format!("ssh://root@{}{}", self.net.addr, self.repo().display())
     }
 
     fn rev(&self, rev: &str) -> Option<String> {
-        let out = Command::new("git")
-            .arg("--git-dir")
-            .arg(self.repo())
-            .args(["rev-parse", "--verify", "-q", rev])
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
+        rev_in(&self.repo(), rev)
     }
 
     /// Commits straight into the upstream (out of band), on `branch`.
     fn commit_out_of_band(&self, branch: &str, file: &str, content: &str, msg: &str) -> String {
-        let work = self.dir.path().join(format!("oob-{}", rand_suffix()));
-        run(Command::new("git")
-            .args(["clone", "-q", "-b", branch])
-            .arg(self.repo())
-            .arg(&work));
-        std::fs::write(work.join(file), content).unwrap();
-        git(&work, &["add", file]);
-        git(&work, &["commit", "-q", "-m", msg]);
-        git(&work, &["push", "-q", "origin", branch]);
-        git(&work, &["rev-parse", "HEAD"])
+        commit_into(&self.repo(), self.dir.path(), branch, file, content, msg)
     }
 
     /// The git-gate YAML for this upstream (`host_key` pinned unless `pin` is false).
@@ -220,33 +278,14 @@ impl SshUpstream {
     }
 
     fn spec(&self) -> GitGateSpec {
-        GitGateSpec {
-            user: Some(GitUser {
-                name: Some("Bottle Agent".into()),
-                email: Some("agent@example.com".into()),
-            }),
-            repos: Some(BTreeMap::from([(
-                "app".to_string(),
-                GitRepoSpec {
-                    url: self.url(),
-                    identity: String::new(),
-                    host_key: None,
-                    policy: None,
-                },
-            )])),
-        }
+        gate_spec(self.url())
     }
 }
 
 impl Drop for SshUpstream {
     fn drop(&mut self) {
         self.stop_sshd();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .output();
+        // `net` goes after this, with the namespace and veth.
     }
 }
 
@@ -760,9 +799,7 @@ fn privileged_git_gate_streams_a_200_mb_push_in_bounded_memory() {
 /// `upstream_ca_files`. A second CA, which nobody trusts, signs a rogue certificate for the
 /// same address. Every request needs the token as its basic-auth password.
 struct HttpsUpstream {
-    netns: String,
-    host_if: String,
-    addr: Ipv4Addr,
+    net: UpstreamNet,
     dir: tempfile::TempDir,
     server: Option<Child>,
 }
@@ -773,35 +810,8 @@ const TOKEN: &str = "bottle-test-token-0123456789";
 
 impl HttpsUpstream {
     fn start(slot: u8) -> Self {
-        let netns = format!("gitup{slot}");
-        let host_if = format!("gitup{slot}h");
-        let _ = Command::new("ip").args(["netns", "del", &netns]).output();
-        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
-        let ip = |args: &[&str]| run(Command::new("ip").args(args));
-        ip(&["netns", "add", &netns]);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns,
-        ]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("10.251.{slot}.1/30"),
-            "dev",
-            &host_if,
-        ]);
-        ip(&["link", "set", &host_if, "up"]);
-        ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("10.251.{slot}.2/30"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &netns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &netns, "link", "set", "lo", "up"]);
-        let addr = Ipv4Addr::new(10, 251, slot, 2);
+        let net = UpstreamNet::new(slot);
+        let addr = net.addr;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         for ca in ["ca", "rogue"] {
@@ -811,25 +821,14 @@ impl HttpsUpstream {
         }
         std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
         std::fs::write(d.join("identity"), format!("{TOKEN}\n")).unwrap();
-        let work = d.join("seed");
-        std::fs::create_dir(&work).unwrap();
-        git(&work, &["init", "-q", "-b", "main"]);
-        std::fs::write(work.join("README"), "hello\n").unwrap();
-        git(&work, &["add", "README"]);
-        git(&work, &["commit", "-q", "-m", "first"]);
         std::fs::create_dir(d.join("root")).unwrap();
-        run(Command::new("git")
-            .args(["clone", "-q", "--bare"])
-            .arg(&work)
-            .arg(d.join("root/app.git")));
+        seed_bare_repo(d, &d.join("root/app.git"));
         run(Command::new("git")
             .arg("--git-dir")
             .arg(d.join("root/app.git"))
             .args(["config", "http.receivepack", "true"]));
         let mut up = Self {
-            netns,
-            host_if,
-            addr,
+            net,
             dir,
             server: None,
         };
@@ -841,11 +840,11 @@ impl HttpsUpstream {
     fn start_server(&mut self, ca: &str) {
         self.stop_server();
         let d = self.dir.path();
-        let host = self.addr.to_string();
+        let host = self.net.addr.to_string();
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
+            .args(["netns", "exec", &self.net.netns])
             .arg(bin_dir().join("bottle-test-git-https"))
-            .args(["--listen", &format!("{}:443", self.addr), "--tls"])
+            .args(["--listen", &format!("{}:443", self.net.addr), "--tls"])
             .arg(d.join(ca).join(format!("{host}.pem")))
             .arg(d.join(ca).join(format!("{host}.key")))
             .arg("--root")
@@ -883,32 +882,15 @@ impl HttpsUpstream {
     }
 
     fn url(&self) -> String {
-        format!("https://{}/app.git", self.addr)
+        format!("https://{}/app.git", self.net.addr)
     }
 
     fn rev(&self, rev: &str) -> Option<String> {
-        let out = Command::new("git")
-            .arg("--git-dir")
-            .arg(self.repo())
-            .args(["rev-parse", "--verify", "-q", rev])
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
+        rev_in(&self.repo(), rev)
     }
 
     fn commit_out_of_band(&self, branch: &str, file: &str, content: &str, msg: &str) -> String {
-        let work = self.dir.path().join(format!("oob-{}", rand_suffix()));
-        run(Command::new("git")
-            .args(["clone", "-q", "-b", branch])
-            .arg(self.repo())
-            .arg(&work));
-        std::fs::write(work.join(file), content).unwrap();
-        git(&work, &["add", file]);
-        git(&work, &["commit", "-q", "-m", msg]);
-        git(&work, &["push", "-q", "origin", branch]);
-        git(&work, &["rev-parse", "HEAD"])
+        commit_into(&self.repo(), self.dir.path(), branch, file, content, msg)
     }
 
     fn gate_yaml(&self) -> String {
@@ -920,33 +902,14 @@ impl HttpsUpstream {
     }
 
     fn spec(&self) -> GitGateSpec {
-        GitGateSpec {
-            user: Some(GitUser {
-                name: Some("Bottle Agent".into()),
-                email: Some("agent@example.com".into()),
-            }),
-            repos: Some(BTreeMap::from([(
-                "app".to_string(),
-                GitRepoSpec {
-                    url: self.url(),
-                    identity: String::new(),
-                    host_key: None,
-                    policy: None,
-                },
-            )])),
-        }
+        gate_spec(self.url())
     }
 }
 
 impl Drop for HttpsUpstream {
     fn drop(&mut self) {
         self.stop_server();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .output();
+        // `net` goes after this, with the namespace and veth.
     }
 }
 
@@ -1156,7 +1119,7 @@ fn privileged_git_gate_https_upstream_with_a_token() {
     assert!(
         err.contains(&format!(
             "remote: git-gate: app: the upstream {} presented a TLS certificate the git-gate does not trust",
-            up.addr
+            up.net.addr
         )),
         "{err}"
     );
