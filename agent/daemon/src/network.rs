@@ -139,24 +139,14 @@ pub async fn configure_host_side(
     gateway: Ipv4Addr,
     prefix_len: u8,
 ) -> Result<()> {
-    write_sysctl(
-        &format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
-        "1",
-    )?;
-    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "0")?;
+    host_side_off(ifname)?;
     handle
         .address()
         .add(ifindex, gateway.into(), prefix_len)
         .execute()
         .await
         .map_err(nl(format!("add {gateway}/{prefix_len} to {ifname}")))?;
-    handle
-        .link()
-        .set(ifindex)
-        .up()
-        .execute()
-        .await
-        .map_err(nl(format!("set {ifname} up")))?;
+    set_up(handle, ifindex, ifname).await?;
     wait_oper_up(handle, ifindex, ifname).await
 }
 
@@ -169,51 +159,21 @@ pub async fn bring_up_spare(
     ifindex: u32,
     netns_name: &str,
 ) -> Result<()> {
-    write_sysctl(
-        &format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
-        "1",
-    )?;
-    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "0")?;
+    host_side_off(ifname)?;
     let netns_name = netns_name.to_owned();
     let inside = tokio::task::spawn_blocking(move || {
-        netns::run_in(&netns_name, move || -> Result<()> {
-            write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")?;
-            write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()
-                .map_err(NetworkError::Runtime)?;
-            rt.block_on(async move {
-                let handle = connect()?;
-                for name in ["lo", "eth0"] {
-                    let index = link_index(&handle, name)
-                        .await?
-                        .ok_or_else(|| NetworkError::NoSuchLink(name.into()))?;
-                    handle
-                        .link()
-                        .set(index)
-                        .up()
-                        .execute()
-                        .await
-                        .map_err(nl(format!("set {name} up")))?;
-                }
-                Ok(())
-            })
+        in_netns(&netns_name, |handle| async move {
+            for name in ["lo", "eth0"] {
+                set_up(&handle, index_of(&handle, name).await?, name).await?;
+            }
+            Ok(())
         })
     });
-    handle
-        .link()
-        .set(ifindex)
-        .up()
-        .execute()
-        .await
-        .map_err(nl(format!("set {ifname} up")))?;
+    set_up(handle, ifindex, ifname).await?;
     match inside.await {
-        Ok(r) => r??,
-        Err(e) => return Err(netns::NetnsError::Thread(e.to_string()).into()),
+        Ok(r) => r,
+        Err(e) => Err(netns::NetnsError::Thread(e.to_string()).into()),
     }
-    Ok(())
 }
 
 /// Inside the bottle: IPv6 off, `lo` up, `eth0` with the bottle address, up, default route
@@ -224,6 +184,44 @@ pub fn configure_inside(
     gateway: Ipv4Addr,
     prefix_len: u8,
 ) -> Result<()> {
+    in_netns(netns_name, move |handle| async move {
+        set_up(&handle, index_of(&handle, "lo").await?, "lo").await?;
+        let eth = index_of(&handle, "eth0").await?;
+        handle
+            .address()
+            .add(eth, bottle.into(), prefix_len)
+            .execute()
+            .await
+            .map_err(nl(format!("add {bottle}/{prefix_len} to eth0")))?;
+        set_up(&handle, eth, "eth0").await?;
+        handle
+            .route()
+            .add()
+            .v4()
+            .gateway(gateway)
+            .execute()
+            .await
+            .map_err(nl(format!("add default route via {gateway}")))?;
+        wait_oper_up(&handle, eth, "eth0").await
+    })
+}
+
+/// The host end of a bottle's veth: no IPv6, no forwarding.
+fn host_side_off(ifname: &str) -> Result<()> {
+    write_sysctl(
+        &format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+        "1",
+    )?;
+    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "0")
+}
+
+/// Runs `f` with a netlink handle inside the namespace `netns_name`, with IPv6 turned off
+/// there first: on a dedicated thread (see `netns::run_in`) with a runtime of its own.
+fn in_netns<F, Fut>(netns_name: &str, f: F) -> Result<()>
+where
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     netns::run_in(netns_name, move || -> Result<()> {
         write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")?;
         write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
@@ -232,45 +230,24 @@ pub fn configure_inside(
             .enable_time()
             .build()
             .map_err(NetworkError::Runtime)?;
-        rt.block_on(async move {
-            let handle = connect()?;
-            let lo = link_index(&handle, "lo")
-                .await?
-                .ok_or_else(|| NetworkError::NoSuchLink("lo".into()))?;
-            handle
-                .link()
-                .set(lo)
-                .up()
-                .execute()
-                .await
-                .map_err(nl("set lo up"))?;
-            let eth = link_index(&handle, "eth0")
-                .await?
-                .ok_or_else(|| NetworkError::NoSuchLink("eth0".into()))?;
-            handle
-                .address()
-                .add(eth, bottle.into(), prefix_len)
-                .execute()
-                .await
-                .map_err(nl(format!("add {bottle}/{prefix_len} to eth0")))?;
-            handle
-                .link()
-                .set(eth)
-                .up()
-                .execute()
-                .await
-                .map_err(nl("set eth0 up"))?;
-            handle
-                .route()
-                .add()
-                .v4()
-                .gateway(gateway)
-                .execute()
-                .await
-                .map_err(nl(format!("add default route via {gateway}")))?;
-            wait_oper_up(&handle, eth, "eth0").await
-        })
+        rt.block_on(async move { f(connect()?).await })
     })?
+}
+
+async fn index_of(handle: &Handle, name: &str) -> Result<u32> {
+    link_index(handle, name)
+        .await?
+        .ok_or_else(|| NetworkError::NoSuchLink(name.into()))
+}
+
+async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<()> {
+    handle
+        .link()
+        .set(index)
+        .up()
+        .execute()
+        .await
+        .map_err(nl(format!("set {name} up")))
 }
 
 /// Bound on [`wait_oper_up`].
