@@ -378,6 +378,73 @@ fn mirror(agent: &Agent, bottle: &BottleInfo) -> PathBuf {
     agent.state_dir().join(&bottle.id).join("git/app.git")
 }
 
+/// Commits a planted key to `main` inside the bottle and pushes it: the gate must refuse it
+/// with `remote:` lines naming the file and line, never echoing the secret. Returns the
+/// leaky commit and the client's stderr. `how` labels the printed stderr.
+fn push_leak(inside: &Inside, how: &str) -> (String, String) {
+    let leak = inside.commit(
+        "deploy.sh",
+        &format!("#!/bin/sh\nexport KEY={PLANTED}\n"),
+        "add deploy",
+    );
+    let out = inside.git(&["push", "origin", "main"]);
+    let err = stderr(&out);
+    eprintln!("leaky push{how}, as the agent sees it:\n{err}");
+    assert!(!out.status.success(), "leaky push accepted: {err}");
+    assert!(
+        err.contains("remote: git-gate: refs/heads/main: secret found: commit"),
+        "{err}"
+    );
+    assert!(err.contains("file deploy.sh, line 2"), "{err}");
+    assert!(err.contains("[remote rejected]"), "{err}");
+    assert!(!err.contains(PLANTED), "the secret was echoed: {err}");
+    (leak, err)
+}
+
+/// `oid` reached neither the upstream nor the gate's mirror.
+fn assert_nowhere(upstream: &Path, mirror: &Path, oid: &str) {
+    assert!(
+        !has_object(upstream, oid),
+        "the leaky commit reached the upstream"
+    );
+    assert!(
+        !has_object(mirror, oid),
+        "the leaky commit stayed in the mirror"
+    );
+}
+
+/// A rewritten `main` force-pushed from inside the bottle is refused by the default policy.
+fn force_push_main_refused(inside: &Inside) {
+    inside.commit("rewrite.txt", "rewritten\n", "rewrite history");
+    let out = inside.git(&["push", "--force", "origin", "main"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "force push accepted: {err}");
+    assert!(
+        err.contains("force-push refused by the git-gate policy"),
+        "{err}"
+    );
+}
+
+/// Installs a declining pre-receive hook in the upstream `repo` and pushes a new commit of
+/// `feature`: the hook's words reach the client. Returns the hook's path (for removal).
+fn push_declined_by_hook(inside: &Inside, repo: &Path, how: &str) -> PathBuf {
+    let hook = repo.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho 'protected: ask a maintainer'\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    inside.commit("more.txt", "more\n", "more");
+    let out = inside.git(&["push", "origin", "feature"]);
+    let err = stderr(&out);
+    eprintln!("hook-declined push{how}:\n{err}");
+    assert!(!out.status.success(), "hook-declined push accepted: {err}");
+    assert!(err.contains("remote: protected: ask a maintainer"), "{err}");
+    assert!(err.contains("pre-receive hook declined"), "{err}");
+    hook
+}
+
 fn has_object(git_dir: &Path, oid: &str) -> bool {
     Command::new("git")
         .arg("--git-dir")
@@ -451,33 +518,11 @@ fn privileged_git_gate_clone_fetch_push_scan_policy_and_fail_closed() {
 
     // A planted key: rejected with remote: lines naming commit, file, line and rule; the
     // secret itself is never echoed; nothing lands upstream or in the mirror.
-    let leak = inside.commit(
-        "deploy.sh",
-        &format!("#!/bin/sh\nexport KEY={PLANTED}\n"),
-        "add deploy",
-    );
-    let out = inside.git(&["push", "origin", "main"]);
-    let err = stderr(&out);
-    eprintln!("leaky push, as the agent sees it:\n{err}");
-    assert!(!out.status.success(), "leaky push accepted: {err}");
-    assert!(
-        err.contains("remote: git-gate: refs/heads/main: secret found: commit"),
-        "{err}"
-    );
-    assert!(err.contains("file deploy.sh, line 2"), "{err}");
+    let (leak, err) = push_leak(&inside, "");
     assert!(err.contains(&leak[..12]), "{err}");
     assert!(err.contains("rule "), "{err}");
-    assert!(err.contains("[remote rejected]"), "{err}");
-    assert!(!err.contains(PLANTED), "the secret was echoed: {err}");
     assert_eq!(up.rev("main").as_deref(), Some(clean.as_str()));
-    assert!(
-        !has_object(&up.repo(), &leak),
-        "the leaky commit reached the upstream"
-    );
-    assert!(
-        !has_object(&mirror(&agent, &bottle), &leak),
-        "the leaky commit stayed in the mirror"
-    );
+    assert_nowhere(&up.repo(), &mirror(&agent, &bottle), &leak);
     inside.git_ok(&["reset", "-q", "--hard", &clean]);
 
     // A new branch whose old history holds a secret: only its new commit is scanned.
@@ -510,14 +555,7 @@ fn privileged_git_gate_clone_fetch_push_scan_policy_and_fail_closed() {
     // Force-push to the default branch is refused by the default policy...
     inside.git_ok(&["checkout", "-q", "main"]);
     inside.git_ok(&["reset", "-q", "--hard", &oob]);
-    inside.commit("rewrite.txt", "rewritten\n", "rewrite history");
-    let out = inside.git(&["push", "--force", "origin", "main"]);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "force push accepted: {err}");
-    assert!(
-        err.contains("force-push refused by the git-gate policy"),
-        "{err}"
-    );
+    force_push_main_refused(&inside);
     assert_eq!(up.rev("main").as_deref(), Some(clean.as_str()));
     // ...but allowed on another branch.
     inside.git_ok(&["checkout", "-q", "feature"]);
@@ -532,20 +570,7 @@ fn privileged_git_gate_clone_fetch_push_scan_policy_and_fail_closed() {
     assert_eq!(up.rev("feature").as_deref(), Some(amended.as_str()));
 
     // Upstream refusal reaches the client word for word: a hook that declines.
-    let hook = up.repo().join("hooks/pre-receive");
-    std::fs::write(
-        &hook,
-        "#!/bin/sh\necho 'protected: ask a maintainer'\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    inside.commit("more.txt", "more\n", "more");
-    let out = inside.git(&["push", "origin", "feature"]);
-    let err = stderr(&out);
-    eprintln!("hook-declined push:\n{err}");
-    assert!(!out.status.success(), "hook-declined push accepted: {err}");
-    assert!(err.contains("remote: protected: ask a maintainer"), "{err}");
-    assert!(err.contains("pre-receive hook declined"), "{err}");
+    let hook = push_declined_by_hook(&inside, &up.repo(), "");
     assert_eq!(up.rev("feature").as_deref(), Some(amended.as_str()));
     assert!(
         !agent.log().contains("forwarding with libgit2"),
@@ -974,31 +999,9 @@ fn privileged_git_gate_https_upstream_with_a_token() {
     );
 
     // A planted key: rejected with remote: lines, lands nowhere.
-    let leak = inside.commit(
-        "deploy.sh",
-        &format!("#!/bin/sh\nexport KEY={PLANTED}\n"),
-        "add deploy",
-    );
-    let out = inside.git(&["push", "origin", "main"]);
-    let err = stderr(&out);
-    eprintln!("leaky push over https, as the agent sees it:\n{err}");
-    assert!(!out.status.success(), "leaky push accepted: {err}");
-    assert!(
-        err.contains("remote: git-gate: refs/heads/main: secret found: commit"),
-        "{err}"
-    );
-    assert!(err.contains("file deploy.sh, line 2"), "{err}");
-    assert!(err.contains("[remote rejected]"), "{err}");
-    assert!(!err.contains(PLANTED), "the secret was echoed: {err}");
+    let (leak, _) = push_leak(&inside, " over https");
     assert_eq!(up.rev("main").as_deref(), Some(clean.as_str()));
-    assert!(
-        !has_object(&up.repo(), &leak),
-        "the leak reached the upstream"
-    );
-    assert!(
-        !has_object(&mirror(&agent, &bottle), &leak),
-        "the leak stayed in the mirror"
-    );
+    assert_nowhere(&up.repo(), &mirror(&agent, &bottle), &leak);
     inside.git_ok(&["reset", "-q", "--hard", &clean]);
 
     // An annotated tag's message is scanned too: a leaky one is refused, a clean one lands.
@@ -1029,14 +1032,7 @@ fn privileged_git_gate_https_upstream_with_a_token() {
 
     // The ref policy applies as over SSH: no force-push to the default branch.
     inside.git_ok(&["reset", "-q", "--hard", &oob]);
-    inside.commit("rewrite.txt", "rewritten\n", "rewrite history");
-    let out = inside.git(&["push", "--force", "origin", "main"]);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "force push accepted: {err}");
-    assert!(
-        err.contains("force-push refused by the git-gate policy"),
-        "{err}"
-    );
+    force_push_main_refused(&inside);
     assert_eq!(up.rev("main").as_deref(), Some(clean.as_str()));
     inside.git_ok(&["reset", "-q", "--hard", &clean]);
 
@@ -1045,20 +1041,7 @@ fn privileged_git_gate_https_upstream_with_a_token() {
     let feature = inside.commit("feature.txt", "new work\n", "feature");
     inside.git_ok(&["push", "-q", "origin", "feature"]);
     assert_eq!(up.rev("feature").as_deref(), Some(feature.as_str()));
-    let hook = up.repo().join("hooks/pre-receive");
-    std::fs::write(
-        &hook,
-        "#!/bin/sh\necho 'protected: ask a maintainer'\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    inside.commit("more.txt", "more\n", "more");
-    let out = inside.git(&["push", "origin", "feature"]);
-    let err = stderr(&out);
-    eprintln!("hook-declined push over https:\n{err}");
-    assert!(!out.status.success(), "hook-declined push accepted: {err}");
-    assert!(err.contains("remote: protected: ask a maintainer"), "{err}");
-    assert!(err.contains("pre-receive hook declined"), "{err}");
+    let hook = push_declined_by_hook(&inside, &up.repo(), " over https");
     assert_eq!(up.rev("feature").as_deref(), Some(feature.as_str()));
     std::fs::remove_file(&hook).unwrap();
     // ...and a non-fast-forward the upstream denies (the gate's policy allows force-pushing

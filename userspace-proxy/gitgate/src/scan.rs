@@ -257,13 +257,13 @@ pub fn scan_commits(
     if threads < 2 || commits.len() < PARALLEL_FROM {
         let mut hits = Vec::new();
         for &oid in commits {
-            let (found, bytes) = scan_one(repo, oid, rules, limits)?;
-            totals.commits += 1;
-            totals.bytes += bytes;
-            hits.extend(found);
-            if hits.len() >= limits.max_hits {
-                hits.truncate(limits.max_hits);
-                return Ok(hits);
+            if absorb(
+                &mut hits,
+                totals,
+                scan_one(repo, oid, rules, limits)?,
+                limits,
+            ) {
+                break;
             }
         }
         return Ok(hits);
@@ -303,16 +303,29 @@ pub fn scan_commits(
             .ok()
             .flatten()
             .unwrap_or_else(|| Err(ScanError::Git("a scan thread failed".into())));
-        let (found, bytes) = r?;
-        totals.commits += 1;
-        totals.bytes += bytes;
-        hits.extend(found);
-        if hits.len() >= limits.max_hits {
-            hits.truncate(limits.max_hits);
-            return Ok(hits);
+        if absorb(&mut hits, totals, r?, limits) {
+            break;
         }
     }
     Ok(hits)
+}
+
+/// Adds one commit's scan to the running totals and hits; `true` once the hit limit is
+/// reached (the hits are cut to it and nothing more is taken).
+fn absorb(
+    hits: &mut Vec<Hit>,
+    totals: &mut ScanTotals,
+    (found, bytes): (Vec<Hit>, u64),
+    limits: &ScanLimits,
+) -> bool {
+    totals.commits += 1;
+    totals.bytes += bytes;
+    hits.extend(found);
+    if hits.len() >= limits.max_hits {
+        hits.truncate(limits.max_hits);
+        return true;
+    }
+    false
 }
 
 /// One commit's hits and scanned bytes.
