@@ -9,12 +9,11 @@
 use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bottle_api::{ApiError, ErrorCode, ExecRequest, RunFrame};
 use bottle_launcher::nsexec::{self, ExecUser, NsExecError};
-use bottle_launcher::runc::Runc;
+use bottle_launcher::runc::{self, Runc};
 use bottle_launcher::Status;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex};
@@ -22,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::launch;
 use crate::manager::{Caller, Manager};
-use crate::run::{reader, Msg, CHANNEL_FRAMES, DRAIN_TIMEOUT};
+use crate::run::{Msg, Readers, CHANNEL_FRAMES, DRAIN_TIMEOUT};
 use crate::stream::{Input, Session};
 
 /// Makes the frame for one stream's bytes.
@@ -195,8 +194,7 @@ fn start_blocking(
             .stderr(Stdio::piped());
     }
     // The forking thread becomes the process's supervisor once we hand it the readers.
-    let (setup_tx, setup_rx) =
-        std::sync::mpsc::channel::<(Vec<JoinHandle<()>>, mpsc::Sender<Msg>)>();
+    let (setup_tx, setup_rx) = std::sync::mpsc::channel::<(Readers, mpsc::Sender<Msg>)>();
     let name = bottle.to_owned();
     let supervise_it = move |mut child: Child| match setup_rx.recv() {
         Ok((readers, tx)) => supervise(name, child, readers, tx),
@@ -243,10 +241,10 @@ fn start_blocking(
         ));
     }
     info!(bottle, pid = io.pid, tty, "exec started");
-    let readers: Vec<_> = outputs
-        .into_iter()
-        .map(|(f, frame)| reader(f, Some(tx.clone()), None, frame))
-        .collect();
+    let readers = Readers::new();
+    for (f, frame) in outputs {
+        readers.spawn(f, Some(tx.clone()), None, frame);
+    }
     // If the supervisor is gone already (cannot happen short of a bug), the readers still end
     // with the process.
     let _ = setup_tx.send((readers, tx));
@@ -255,13 +253,10 @@ fn start_blocking(
 
 /// Waits for the process (killing it if the client goes away), drains its output and sends
 /// the exit frame.
-fn supervise(
-    bottle: String,
-    mut child: Child,
-    readers: Vec<std::thread::JoinHandle<()>>,
-    tx: mpsc::Sender<Msg>,
-) {
+fn supervise(bottle: String, mut child: Child, mut readers: Readers, tx: mpsc::Sender<Msg>) {
     let mut killed = false;
+    // Woken the moment the process exits (`bottle exec` waits for it), not at a tick.
+    let pidfd = i32::try_from(child.id()).ok().and_then(runc::pidfd_open);
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
@@ -276,13 +271,16 @@ fn supervise(
             let _ = child.kill();
             killed = true;
         }
-        std::thread::sleep(POLL);
-    };
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    for r in &readers {
-        while !r.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        match &pidfd {
+            Some(fd) => runc::wait_readable(fd, POLL),
+            None => std::thread::sleep(Duration::from_millis(10)),
         }
+    };
+    if !readers.wait(DRAIN_TIMEOUT) {
+        warn!(
+            bottle,
+            "exec output still open after exit; not waiting for it"
+        );
     }
     let code = status.map_or(255, |s| {
         use std::os::unix::process::ExitStatusExt;

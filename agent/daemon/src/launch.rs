@@ -193,9 +193,10 @@ pub fn home_dir(run_dir: &Path, id: &str) -> PathBuf {
 
 /// Removes a bottle's workload home (with the bottle; never between runs).
 pub fn remove_home(run_dir: &Path, id: &str) -> Vec<String> {
-    match home::remove(&home_dir(run_dir, id)) {
+    let dir = home_dir(run_dir, id);
+    match crate::trash::discard(run_dir, &dir) {
         Ok(()) => vec![],
-        Err(e) => vec![e.to_string()],
+        Err(e) => vec![format!("removing {}: {e}", dir.display())],
     }
 }
 
@@ -243,21 +244,48 @@ fn resolve_image(store_dir: &Path, spec: &str) -> Result<ImageRecord> {
     Ok(record)
 }
 
-/// Mounts the rootfs, writes the bundle, creates and starts the container. On failure
-/// everything made here is removed again.
-pub fn start(p: LaunchParams) -> Result<Started> {
-    let image = resolve_image(&p.image_dir, &p.image)?;
-    let args = if p.args.is_empty() {
-        image.config.args()
-    } else {
-        p.args.clone()
-    };
-    if args.is_empty() {
-        return Err(LaunchError::NoCommand(p.image.clone()));
-    }
-    traversable_dir(&p.run_dir)?;
-    traversable_dir(&p.run_dir.join(ROOTFS_DIR))?;
-    let result = start_mounted(&p, &image, args);
+/// A bottle's rootfs, mounted over its image ahead of the rest of the launch.
+#[derive(Debug)]
+pub struct Prepared {
+    image: ImageRecord,
+    rootfs: Rootfs,
+}
+
+/// Resolves the image and mounts the bottle's overlay rootfs: the part of a launch that needs
+/// only the bottle's id, so a new bottle's can run while its network is made. Whatever it
+/// made is removed again by [`cleanup`] (and by [`start`] when it fails).
+pub fn prepare(run_dir: &Path, image_dir: &Path, image: &str, id: &str) -> Result<Prepared> {
+    let begun = std::time::Instant::now();
+    let image = resolve_image(image_dir, image)?;
+    traversable_dir(run_dir)?;
+    traversable_dir(&run_dir.join(ROOTFS_DIR))?;
+    let rootfs = Rootfs::mount(&image.lower_dirs(), &rootfs_dir(run_dir, id))?;
+    tracing::debug!(
+        id,
+        elapsed_ms = begun.elapsed().as_secs_f64() * 1000.0,
+        "rootfs prepared"
+    );
+    Ok(Prepared { image, rootfs })
+}
+
+/// Mounts the rootfs (unless `prepared` did), writes the bundle, creates and starts the
+/// container. On failure everything made here (and by `prepare`) is removed again.
+pub fn start(p: LaunchParams, prepared: Option<Result<Prepared>>) -> Result<Started> {
+    let result = (|| {
+        let prepared = match prepared {
+            Some(prepared) => prepared?,
+            None => prepare(&p.run_dir, &p.image_dir, &p.image, &p.id)?,
+        };
+        let args = if p.args.is_empty() {
+            prepared.image.config.args()
+        } else {
+            p.args.clone()
+        };
+        if args.is_empty() {
+            return Err(LaunchError::NoCommand(p.image.clone()));
+        }
+        start_mounted(&p, &prepared.image, &prepared.rootfs, args)
+    })();
     if result.is_err() {
         for problem in cleanup(&p.run_dir, &p.id) {
             tracing::error!(id = %p.id, %problem, "cleanup after a failed launch");
@@ -266,10 +294,13 @@ pub fn start(p: LaunchParams) -> Result<Started> {
     result
 }
 
-fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Result<Started> {
+fn start_mounted(
+    p: &LaunchParams,
+    image: &ImageRecord,
+    rootfs: &Rootfs,
+    args: Vec<String>,
+) -> Result<Started> {
     let mut phases = Phases::new(&p.id);
-    let rootfs = Rootfs::mount(&image.lower_dirs(), &rootfs_dir(&p.run_dir, &p.id))?;
-    phases.mark("overlay");
     let user = rootfs.resolve_user(image.config.user.as_deref())?;
     let id_map = IdMap::default();
     let (Some(host_uid), Some(host_gid)) = (id_map.host_uid(user.uid), id_map.host_gid(user.gid))
@@ -311,6 +342,22 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
     }
     phases.mark("user, mounts, workspace");
     env.extend(rootfs.install_ca(p.ca_pem.as_bytes())?);
+    // The trust check, with the bundle exactly as the container will read it, runs while the
+    // rest is prepared (it needs only the bundle, final from here on); the runtime starts
+    // only once it has passed. A launch that fails before then leaves the check to finish
+    // on its own, within its timeouts.
+    let trust_check = {
+        let netns_name = p
+            .netns_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (gateway, trust_bundle) = (p.gateway, rootfs.trust_bundle()?);
+        std::thread::Builder::new()
+            .name(format!("trust-{}", p.id))
+            .spawn(move || crate::selfcheck::check(&netns_name, gateway, &trust_bundle))
+            .map_err(io_at(Path::new("trust check thread")))?
+    };
     phases.mark("ca");
     env.extend(proxy_env(p.gateway));
     let home_path = p.home.clone().unwrap_or_else(|| user.home.clone());
@@ -382,34 +429,19 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
         oom_score_adj: 500,
     };
     rootfs.prepare_mount_points(&bundle::mount_points(&spec))?;
-    // The trust check, with the bundle exactly as the container will read it.
-    let netns_name = p
-        .netns_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     phases.mark("mount points");
-    // The trust check runs while the bundle is written (it needs only the CA bundle, final
-    // by now); the runtime starts only once it has passed.
-    let trust_bundle = rootfs.trust_bundle()?;
+    rootfs.chown_dirs(&[&spec.home], host_uid, host_gid)?;
+    let oci = bundle::build(&spec)?;
+    let parent = p.run_dir.join(BUNDLES_DIR);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&parent)
+        .map_err(io_at(&parent))?;
     let bdir = bundle_dir(&p.run_dir, &p.id);
-    let (checked, written) = std::thread::scope(|scope| {
-        let check = scope.spawn(|| crate::selfcheck::check(&netns_name, p.gateway, &trust_bundle));
-        let written = (|| -> Result<()> {
-            rootfs.chown_dirs(&[&spec.home], host_uid, host_gid)?;
-            let oci = bundle::build(&spec)?;
-            let parent = p.run_dir.join(BUNDLES_DIR);
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&parent)
-                .map_err(io_at(&parent))?;
-            bundle::write(&spec, &oci, &bdir)?;
-            Ok(())
-        })();
-        (check.join(), written)
-    });
-    match checked {
+    bundle::write(&spec, &oci, &bdir)?;
+    phases.mark("bundle");
+    match trust_check.join() {
         Ok(result) => result?,
         Err(_) => {
             return Err(LaunchError::Io {
@@ -418,8 +450,7 @@ fn start_mounted(p: &LaunchParams, image: &ImageRecord, args: Vec<String>) -> Re
             })
         }
     }
-    written?;
-    phases.mark("trust check, bundle");
+    phases.mark("trust check (rest)");
 
     // Pipes for the workload's streams; the agent keeps only its ends (the others move into
     // runc's child and are closed here once it has been spawned). With a terminal, runc makes
@@ -753,26 +784,19 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
     }
     let deleted = std::time::Instant::now();
     failures.extend(crate::workspace::unpin_mounts(run_dir, id));
-    if let Err(e) = rootfs::teardown(&rootfs_dir(run_dir, id)) {
-        failures.push(e.to_string());
-    }
-    let bdir = bundle_dir(run_dir, id);
-    // A detached workload's keeper may still be writing its exit file here as the container
-    // goes: a few tries.
-    let mut tries = 0;
-    loop {
-        match fs::remove_dir_all(&bdir) {
-            Ok(()) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-            Err(_) if tries < 5 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => {
-                failures.push(format!("remove {}: {e}", bdir.display()));
-                break;
+    // Unmounted here; the directories are deleted in the background (see `trash`).
+    let rootfs = rootfs_dir(run_dir, id);
+    match rootfs::unmount(&rootfs) {
+        Ok(()) => {
+            if let Err(e) = crate::trash::discard(run_dir, &rootfs) {
+                failures.push(format!("remove {}: {e}", rootfs.display()));
             }
         }
+        Err(e) => failures.push(e.to_string()),
+    }
+    let bdir = bundle_dir(run_dir, id);
+    if let Err(e) = crate::trash::discard(run_dir, &bdir) {
+        failures.push(format!("remove {}: {e}", bdir.display()));
     }
     tracing::debug!(
         id,

@@ -20,6 +20,7 @@ mod services;
 mod spare;
 mod state;
 mod stream;
+mod trash;
 mod workspace;
 
 use std::os::fd::AsRawFd;
@@ -172,6 +173,9 @@ async fn run(config: AgentConfig) -> ExitCode {
         return AgentExit::State.into();
     }
 
+    // What a previous agent discarded but had no time to delete.
+    trash::empty(&config.run_dir);
+
     let datapath = match Datapath::load(&config.bpf_pin_root, config.tc_attach) {
         Ok(d) => d,
         Err(e) => {
@@ -211,6 +215,7 @@ async fn run(config: AgentConfig) -> ExitCode {
     let pool = config.pool;
     let socket = config.socket.clone();
     let group = config.socket_group.clone();
+    let run_dir = config.run_dir.clone();
     let mut manager = Manager::new(config, datapath, netlink.clone(), trust);
     manager.adopt().await;
     match network::routes_overlapping(&netlink, pool, &manager.own_ifindexes()).await {
@@ -260,6 +265,12 @@ async fn run(config: AgentConfig) -> ExitCode {
     }
     manager.lock().await.remove_spares().await;
     manager.lock().await.finish_drains().await;
+    // Removed bottles' directories are deleted before the agent goes (bounded; a next start
+    // deletes what is left).
+    let _ = tokio::task::spawn_blocking(move || {
+        trash::wait_empty(&run_dir, std::time::Duration::from_secs(10))
+    })
+    .await;
     drop(lock);
     ExitCode::SUCCESS
 }

@@ -123,6 +123,19 @@ struct Names {
     host: String,
 }
 
+/// A bottle id decided ahead of its create ([`Manager::reserve`]).
+#[derive(Debug)]
+pub struct Reserved {
+    id: String,
+    spare: Option<Spare>,
+}
+
+impl Reserved {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 pub struct Manager {
     config: AgentConfig,
     datapath: Datapath,
@@ -350,33 +363,47 @@ impl Manager {
         req: CreateBottle,
         launcher: &str,
     ) -> Result<BottleInfo> {
-        // The policy is compiled before anything is made, so a bad one costs nothing.
-        let mut stored = StoredPolicy::new(req.egress.clone(), req.dlp.as_ref());
-        let gate = req.git_gate.clone().unwrap_or_default();
-        bottle_api::gitgate::validate(&gate)?;
-        stored.git_gate = req.git_gate.as_ref().map(|g| g.spec.clone());
-        let secret_values = req
-            .dlp
-            .as_ref()
-            .map(|d| d.secret_values.clone())
-            .unwrap_or_default();
-        let compiled = stored.compile(&req.secrets, secret_values, &self.config.upstream_hosts)?;
-        if let Some(name) = &req.name {
-            validate_name(name)?;
-            if self.bottles.contains_key(name) {
-                return Err(ManagerError::NameTaken(name.clone()));
-            }
+        let reserved = self.reserve();
+        self.create_reserved(caller, req, launcher, reserved).await
+    }
+
+    /// Decides the next bottle's id (a spare's, if one is ready) before `create_reserved`
+    /// makes it, so a launcher can prepare the workload's rootfs, which is keyed by the id,
+    /// while the network part is made. Nobody else can take the id while the caller holds
+    /// the manager; a create that fails puts the spare back.
+    pub fn reserve(&mut self) -> Reserved {
+        match self.spares.pop() {
+            Some(spare) => Reserved {
+                id: spare.id.clone(),
+                spare: Some(spare),
+            },
+            None => Reserved {
+                id: self.new_id(),
+                spare: None,
+            },
         }
-        let block = self.allocate_block().await?;
+    }
+
+    /// `create_with` for an id from [`Self::reserve`].
+    pub async fn create_reserved(
+        &mut self,
+        caller: Caller,
+        req: CreateBottle,
+        launcher: &str,
+        reserved: Reserved,
+    ) -> Result<BottleInfo> {
+        let Reserved { id, spare } = reserved;
+        let (stored, compiled, gate, block) = match self.check_and_allocate(&req).await {
+            Ok(checked) => checked,
+            Err(e) => {
+                self.spares.extend(spare);
+                return Err(e);
+            }
+        };
         // A spare network's id becomes the bottle's. The next spare is made once this create
         // is done (below): making one holds the kernel's RTNL lock through RCU grace
         // periods, and this bottle's links coming up need that lock too.
-        let spare = self.spares.pop();
         let took_spare = spare.is_some();
-        let id = match &spare {
-            Some(s) => s.id.clone(),
-            None => self.new_id(),
-        };
         let name = req.name.unwrap_or_else(|| format!("bottle-{id}"));
         if self.bottles.contains_key(&name) {
             // Only a generated name someone already chose by hand gets here.
@@ -439,6 +466,37 @@ impl Manager {
                 Err(e)
             }
         }
+    }
+
+    /// Everything about a create request that can be refused before anything is made (the
+    /// policy is compiled first, so a bad one costs nothing), then its address block.
+    async fn check_and_allocate(
+        &mut self,
+        req: &CreateBottle,
+    ) -> Result<(
+        StoredPolicy,
+        bottle_proxy::CompiledPolicy,
+        bottle_api::gitgate::GitGateConfig,
+        Block,
+    )> {
+        let mut stored = StoredPolicy::new(req.egress.clone(), req.dlp.as_ref());
+        let gate = req.git_gate.clone().unwrap_or_default();
+        bottle_api::gitgate::validate(&gate)?;
+        stored.git_gate = req.git_gate.as_ref().map(|g| g.spec.clone());
+        let secret_values = req
+            .dlp
+            .as_ref()
+            .map(|d| d.secret_values.clone())
+            .unwrap_or_default();
+        let compiled = stored.compile(&req.secrets, secret_values, &self.config.upstream_hosts)?;
+        if let Some(name) = &req.name {
+            validate_name(name)?;
+            if self.bottles.contains_key(name) {
+                return Err(ManagerError::NameTaken(name.clone()));
+            }
+        }
+        let block = self.allocate_block().await?;
+        Ok((stored, compiled, gate, block))
     }
 
     /// Makes every kernel object of a bottle (or takes them from a spare: `spare` is its
@@ -706,11 +764,15 @@ impl Manager {
         if let Err(e) = netns::remove_etc(&meta.netns) {
             failures.push(format!("remove /etc/netns/{}: {e}", meta.netns));
         }
-        if let Err(e) = crate::workspace::remove(&self.config.state_dir, &meta.id) {
+        if let Err(e) =
+            crate::workspace::remove(&self.config.state_dir, &self.config.run_dir, &meta.id)
+        {
             failures.push(e);
         }
         step("etc, workspace");
-        if let Err(e) = state::remove_bottle_dir(&self.config.state_dir, &meta.id) {
+        if let Err(e) =
+            state::remove_bottle_dir(&self.config.state_dir, &self.config.run_dir, &meta.id)
+        {
             failures.push(e);
         }
         step("state");
@@ -1222,7 +1284,9 @@ impl Manager {
         for id in crate::workspace::bottle_ids(&self.config.state_dir) {
             if !ids.contains(&id) {
                 warn!(id = %id, "removing orphaned workspace");
-                if let Err(e) = crate::workspace::remove(&self.config.state_dir, &id) {
+                if let Err(e) =
+                    crate::workspace::remove(&self.config.state_dir, &self.config.run_dir, &id)
+                {
                     error!(id = %id, error = %e, "cannot remove orphan");
                 }
             }

@@ -45,6 +45,8 @@ pub const ROOTFS_DIR: &str = "rootfs";
 pub const BUNDLES_DIR: &str = "bundles";
 /// Workload homes (`homes/<id>`), kept across runs in one bottle, removed with the bottle.
 pub const HOMES_DIR: &str = "homes";
+/// Under `run_dir` (0700): removed bottles' directories waiting to be deleted (see `trash`).
+pub const TRASH_DIR: &str = "trash";
 /// Under `run_dir`: each bottle's pinned `--mount` sources (`mounts/<id>/<n>`, 0711).
 pub const MOUNTS_DIR: &str = "mounts";
 /// Under `state_dir`: bottles' workspaces (`workspaces/<id>/`, owned by the workload's mapped

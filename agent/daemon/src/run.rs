@@ -17,7 +17,6 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bottle_api::provision::HomeFile;
@@ -259,6 +258,8 @@ async fn launch(
     req: RunRequest,
     interactive: bool,
 ) -> Result<Started, ApiError> {
+    // A new bottle's rootfs, mounted while its network was made.
+    let mut prepared = None;
     let (info, created, _launching, ca_pem, run_dir, image_dir, log_path, state_dir) = {
         let mut m = manager.lock().await;
         let info = match &req.bottle {
@@ -275,7 +276,36 @@ async fn launch(
                 info
             }
             None => {
-                let info = m.create_with(caller, req.create.clone(), "runc").await?;
+                // The rootfs is mounted while the network is made: both need only the id.
+                let reserved = m.reserve();
+                let rootfs_id = reserved.id().to_owned();
+                let (run_dir, image_dir, image, id) = (
+                    m.run_dir(),
+                    m.image_dir(),
+                    req.image.clone(),
+                    rootfs_id.clone(),
+                );
+                let rootfs = tokio::task::spawn_blocking(move || {
+                    launch::prepare(&run_dir, &image_dir, &image, &id)
+                });
+                let created = m
+                    .create_reserved(caller, req.create.clone(), "runc", reserved)
+                    .await;
+                // Awaited either way: a failed create's rootfs is removed before its id (a
+                // spare's) can be reserved again, which needs this manager.
+                let rootfs = rootfs.await.map_err(|e| {
+                    ApiError::new(ErrorCode::Internal, format!("rootfs task failed: {e}"))
+                });
+                let info = match created {
+                    Ok(info) => info,
+                    Err(e) => {
+                        let (run_dir, id) = (m.run_dir(), rootfs_id);
+                        let _ = tokio::task::spawn_blocking(move || launch::cleanup(&run_dir, &id))
+                            .await;
+                        return Err(e.into());
+                    }
+                };
+                prepared = Some(rootfs?);
                 if !Launching::claim(&info.id) {
                     // Unreachable: a new id is nobody's.
                     return Err(ApiError::new(ErrorCode::Internal, "bottle id in use"));
@@ -356,7 +386,7 @@ async fn launch(
     if let Err(e) = recorded {
         warn!(bottle = %info.name, error = %e, "cannot record the workload");
     }
-    let launched = tokio::task::spawn_blocking(move || launch::start(params)).await;
+    let launched = tokio::task::spawn_blocking(move || launch::start(params, prepared)).await;
     if created {
         // The spare this create may have taken is replaced now, not during the launch.
         manager.lock().await.want_spares();
@@ -407,7 +437,7 @@ async fn launch(
         (Some(tx), Some(rx))
     };
     let console = started.console.map(Arc::new);
-    let mut readers = Vec::new();
+    let readers = Readers::new();
     for (pipe, frame) in [
         (started.stdout, RunFrame::Stdout as fn(Vec<u8>) -> RunFrame),
         (started.stderr, RunFrame::Stderr),
@@ -418,7 +448,7 @@ async fn launch(
         ),
     ] {
         if let Some(pipe) = pipe {
-            readers.push(reader(pipe, tx.clone(), log.clone(), frame));
+            readers.spawn(pipe, tx.clone(), log.clone(), frame);
         }
     }
     let input = Input {
@@ -527,7 +557,7 @@ pub async fn readopt(manager: Arc<Mutex<Manager>>) {
             } else {
                 Wait::Orphan
             },
-            readers: Vec::new(),
+            readers: Readers::new(),
             tx: None,
             done,
         };
@@ -542,36 +572,73 @@ pub async fn readopt(manager: Arc<Mutex<Manager>>) {
     }
 }
 
-/// Copies one pipe to the log and (when a client listens) as frames until EOF. Keeps reading
-/// when the client is gone, so the workload never blocks on a full pipe while it is being
-/// killed (or, detached, ever).
-pub(crate) fn reader(
-    mut pipe: std::fs::File,
-    tx: Option<mpsc::Sender<Msg>>,
-    log: Option<Arc<std::sync::Mutex<CappedLog>>>,
-    frame: fn(Vec<u8>) -> RunFrame,
-) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; READ_CHUNK];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if let Some(log) = &log {
-                        log.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .write(&buf[..n]);
+/// The output readers of one process. Each holds a sender of `ended`, so [`Readers::wait`]
+/// sees the channel close the moment the last of them ends: no polling tick in every run's
+/// latency.
+pub(crate) struct Readers {
+    ended_tx: Option<std::sync::mpsc::Sender<()>>,
+    ended: std::sync::mpsc::Receiver<()>,
+}
+
+impl Readers {
+    pub(crate) fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Self {
+            ended_tx: Some(tx),
+            ended: rx,
+        }
+    }
+
+    /// Copies one pipe to the log and (when a client listens) as frames until EOF. Keeps
+    /// reading when the client is gone, so the workload never blocks on a full pipe while it
+    /// is being killed (or, detached, ever).
+    pub(crate) fn spawn(
+        &self,
+        mut pipe: std::fs::File,
+        tx: Option<mpsc::Sender<Msg>>,
+        log: Option<Arc<std::sync::Mutex<CappedLog>>>,
+        frame: fn(Vec<u8>) -> RunFrame,
+    ) {
+        let ended = self.ended_tx.clone();
+        std::thread::spawn(move || {
+            // Dropped when this thread ends, however it ends.
+            let _ended = ended;
+            let mut buf = vec![0u8; READ_CHUNK];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if let Some(log) = &log {
+                            log.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .write(&buf[..n]);
+                        }
+                        if let Some(tx) = &tx {
+                            let bytes = Bytes::from(frame(buf[..n].to_vec()).encode());
+                            let _ = tx.blocking_send(Msg::Frame(bytes));
+                        }
                     }
-                    if let Some(tx) = &tx {
-                        let bytes = Bytes::from(frame(buf[..n].to_vec()).encode());
-                        let _ = tx.blocking_send(Msg::Frame(bytes));
-                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return,
+            }
+        });
+    }
+
+    /// Waits (at most `timeout`) for every reader to end; false if one is still reading.
+    pub(crate) fn wait(&mut self, timeout: Duration) -> bool {
+        self.ended_tx = None;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.ended.recv_timeout(left) {
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return true,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return false,
+                // Nobody sends; only the senders' drops count.
+                Ok(()) => {}
             }
         }
-    })
+    }
 }
 
 struct Job {
@@ -586,7 +653,7 @@ struct Job {
     container: Container,
     pid: i32,
     wait: Wait,
-    readers: Vec<JoinHandle<()>>,
+    readers: Readers,
     /// `None` when detached.
     tx: Option<mpsc::Sender<Msg>>,
     /// Dropped when the job ends: wakes whoever waits in [`stop`].
@@ -623,15 +690,7 @@ impl Job {
             Wait::Orphan => self.wait_orphan(),
         };
         let waited = Instant::now();
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        // The readers usually end within a millisecond of the exit: a short tick, since
-        // this wait is part of every foreground run's latency.
-        for r in &self.readers {
-            while !r.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        if self.readers.iter().any(|r| !r.is_finished()) {
+        if !self.readers.wait(DRAIN_TIMEOUT) {
             warn!(bottle = %self.name, "workload output still open after exit; not waiting for it");
         }
         // The cgroup (and its OOM counter) disappears with `runc delete`.

@@ -135,13 +135,15 @@ pub fn bottle_dirs(state_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-pub fn remove_bottle_dir(state_dir: &Path, id: &str) -> std::result::Result<(), String> {
+/// Removes a bottle's state directory (through `run_dir`'s trash: gone from `state_dir` at
+/// once, deleted in the background).
+pub fn remove_bottle_dir(
+    state_dir: &Path,
+    run_dir: &Path,
+    id: &str,
+) -> std::result::Result<(), String> {
     let dir = bottle_dir(state_dir, id);
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("remove {}: {e}", dir.display())),
-    }
+    crate::trash::discard(run_dir, &dir).map_err(|e| format!("remove {}: {e}", dir.display()))
 }
 
 #[cfg(test)]

@@ -255,37 +255,36 @@ impl Rootfs {
 /// missing directory, an overlay that was never mounted. Every step is tried; the problems
 /// are reported together.
 pub fn teardown(dir: &Path) -> Result<()> {
-    let mut problems = Vec::new();
-    let merged = dir.join("merged");
-    if merged.exists() {
-        match bottle_image::unmount(&merged) {
-            Ok(()) => {}
-            Err(bottle_image::OverlayError::Unmount {
-                source: nix::Error::EINVAL | nix::Error::ENOENT,
-                ..
-            }) => {}
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    if problems.is_empty() {
-        match fs::remove_dir_all(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => problems.push(format!("removing {}: {e}", dir.display())),
-        }
-    } else {
-        problems.push(format!(
-            "{} kept: the overlay is still mounted",
-            dir.display()
-        ));
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(RootfsError::Teardown {
+    unmount(dir)?;
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RootfsError::Teardown {
             path: dir.to_path_buf(),
-            problems,
-        })
+            problems: vec![format!("removing {}: {e}", dir.display())],
+        }),
+    }
+}
+
+/// Unmounts `dir/merged` if it is mounted; an error means it still is, and `dir` must stay.
+pub fn unmount(dir: &Path) -> Result<()> {
+    let merged = dir.join("merged");
+    if !merged.exists() {
+        return Ok(());
+    }
+    match bottle_image::unmount(&merged) {
+        Ok(())
+        | Err(bottle_image::OverlayError::Unmount {
+            source: nix::Error::EINVAL | nix::Error::ENOENT,
+            ..
+        }) => Ok(()),
+        Err(e) => Err(RootfsError::Teardown {
+            path: dir.to_path_buf(),
+            problems: vec![
+                e.to_string(),
+                format!("{} kept: the overlay is still mounted", dir.display()),
+            ],
+        }),
     }
 }
 

@@ -727,8 +727,9 @@ pub fn wait_exit(pid: i32, timeout: Duration) -> Result<Option<i32>> {
     }
 }
 
-/// Blocks until `fd` is readable or `timeout` (at most ~65 s) passes.
-fn wait_readable(fd: &std::os::fd::OwnedFd, timeout: Duration) {
+/// Blocks until `fd` is readable (a pidfd: its process exited) or `timeout` (at most ~65 s)
+/// passes.
+pub fn wait_readable(fd: &std::os::fd::OwnedFd, timeout: Duration) {
     let mut fds = [nix::poll::PollFd::new(
         std::os::fd::AsFd::as_fd(fd),
         nix::poll::PollFlags::POLLIN,
@@ -738,7 +739,7 @@ fn wait_readable(fd: &std::os::fd::OwnedFd, timeout: Duration) {
 }
 
 /// `pidfd_open(2)`; `None` where the kernel has none (before 5.3) or the pid is gone.
-fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+pub fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
