@@ -118,6 +118,7 @@ fn assert_nothing_left(agent: &Agent) {
         );
     }
     assert_eq!(agent.ok(&["ls", "--json"]).trim(), "[]");
+    wait_trash_empty(&run_dir(agent));
 }
 
 fn ls_state(agent: &Agent, name: &str) -> String {
@@ -625,6 +626,10 @@ fn privileged_agent_restart_keeps_a_detached_workload_running() {
     });
 
     agent.kill9();
+    // A removal the dead agent had not finished deleting: the next one deletes it.
+    let leftover = run_dir(&agent).join("trash/1-0-home/deep/dir");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("file"), b"left").unwrap();
     wait_child(&mut fg, &agent);
     wait_child(&mut session, &agent);
     wait_for(

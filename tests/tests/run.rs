@@ -94,6 +94,8 @@ fn assert_nothing_left(agent: &Agent) {
         assert_eq!(entries(&run.join(sub)), Vec::<String>::new(), "{sub}/");
     }
     assert_eq!(agent.ok(&["ls", "--json"]).trim(), "[]");
+    // What was removed is also deleted, not just moved aside.
+    wait_trash_empty(&run);
 }
 
 #[test]
@@ -324,6 +326,29 @@ fn privileged_detached_run_logs_stop_and_capped_log() {
     let line = ls_line(&agent, "bg2");
     assert!(line.contains("running"), "{line}");
     assert!(line.contains(&img), "image not shown: {line}");
+    // A run whose create is refused (the name is taken) leaves no rootfs behind: the one
+    // mounted for it while the network was being made goes with it.
+    let taken = bottle_bounded(
+        &agent,
+        &[
+            "run", "--detach", "--name", "bg2", "--image", &img, "--", "true",
+        ],
+        &[],
+    );
+    assert!(!taken.status.success(), "{taken:?}");
+    assert!(text(&taken.stderr).contains("already exists"), "{taken:?}");
+    let bg2_id = inspect(&agent, "bg2")["id"].as_str().unwrap().to_owned();
+    let run = run_dir(&agent);
+    assert_eq!(entries(&run.join("rootfs")), vec![bg2_id.clone()]);
+    assert_eq!(
+        mounts_under(&run),
+        vec![run
+            .join("rootfs")
+            .join(&bg2_id)
+            .join("merged")
+            .display()
+            .to_string()]
+    );
     let info = inspect(&agent, "bg2");
     assert_eq!(info["workload"]["status"], "running", "{info}");
     let id = info["id"].as_str().unwrap().to_owned();
