@@ -301,6 +301,23 @@ fn start_mounted(
     args: Vec<String>,
 ) -> Result<Started> {
     let mut phases = Phases::new(&p.id);
+    // The trust check, with the bundle exactly as the container will read it, runs while the
+    // rest is prepared (it needs only that bundle, computed before it is written); the
+    // runtime starts only once it has passed. A launch that fails before then leaves the
+    // check to finish on its own, within its timeouts.
+    let trust = rootfs.ca_bundle(p.ca_pem.as_bytes())?;
+    let trust_check = {
+        let netns_name = p
+            .netns_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (gateway, trust_bundle) = (p.gateway, trust.bytes.clone());
+        std::thread::Builder::new()
+            .name(format!("trust-{}", p.id))
+            .spawn(move || crate::selfcheck::check(&netns_name, gateway, &trust_bundle))
+            .map_err(io_at(Path::new("trust check thread")))?
+    };
     let user = rootfs.resolve_user(image.config.user.as_deref())?;
     let id_map = IdMap::default();
     let (Some(host_uid), Some(host_gid)) = (id_map.host_uid(user.uid), id_map.host_gid(user.gid))
@@ -341,23 +358,7 @@ fn start_mounted(
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
     phases.mark("user, mounts, workspace");
-    env.extend(rootfs.install_ca(p.ca_pem.as_bytes())?);
-    // The trust check, with the bundle exactly as the container will read it, runs while the
-    // rest is prepared (it needs only the bundle, final from here on); the runtime starts
-    // only once it has passed. A launch that fails before then leaves the check to finish
-    // on its own, within its timeouts.
-    let trust_check = {
-        let netns_name = p
-            .netns_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let (gateway, trust_bundle) = (p.gateway, rootfs.trust_bundle()?);
-        std::thread::Builder::new()
-            .name(format!("trust-{}", p.id))
-            .spawn(move || crate::selfcheck::check(&netns_name, gateway, &trust_bundle))
-            .map_err(io_at(Path::new("trust check thread")))?
-    };
+    env.extend(rootfs.install_ca_bundle(&trust)?);
     phases.mark("ca");
     env.extend(proxy_env(p.gateway));
     let home_path = p.home.clone().unwrap_or_else(|| user.home.clone());
@@ -403,6 +404,7 @@ fn start_mounted(
             .map(PathBuf::from)
             .unwrap_or_else(|| home_path.clone()),
     };
+    phases.mark("home");
     let spec = BundleSpec {
         hostname: p.hostname.clone(),
         netns_path: p.netns_path.clone(),

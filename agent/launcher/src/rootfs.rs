@@ -89,6 +89,15 @@ pub struct ImageUser {
     pub home: PathBuf,
 }
 
+/// The container's trust bundle, computed before it is written ([`Rootfs::ca_bundle`]).
+#[derive(Debug, Clone)]
+pub struct CaBundle {
+    /// The file's contents, as the container will read them.
+    pub bytes: Vec<u8>,
+    /// Whether the image's own bundle lacked the CA (and must be rewritten).
+    changed: bool,
+}
+
 /// A mounted bottle rootfs.
 #[derive(Debug)]
 pub struct Rootfs {
@@ -187,16 +196,35 @@ impl Rootfs {
     /// the CA when the image has none) and returns the `NAME=path` entries of
     /// [`CA_ENV_VARS`]. Idempotent: a bundle that already ends with the CA is left alone.
     pub fn install_ca(&self, ca_pem: &[u8]) -> Result<Vec<String>> {
+        let bundle = self.ca_bundle(ca_pem)?;
+        self.install_ca_bundle(&bundle)
+    }
+
+    /// The trust bundle [`Self::install_ca_bundle`] leaves in the rootfs: the image's
+    /// (resolved inside the rootfs) with `ca_pem` appended unless it already ends with it.
+    /// Known before it is written, so the trust check can start at once.
+    pub fn ca_bundle(&self, ca_pem: &[u8]) -> Result<CaBundle> {
         let root = self.open_root()?;
         let rel = relative(Path::new(CA_BUNDLE_GUEST))?;
-        let mut bundle = read_in(&root, &rel)?.unwrap_or_default();
+        let mut bytes = read_in(&root, &rel)?.unwrap_or_default();
         let ca = trim_end(ca_pem);
-        if !trim_end(&bundle).ends_with(ca) {
-            if !bundle.is_empty() && !bundle.ends_with(b"\n") {
-                bundle.push(b'\n');
+        let changed = !trim_end(&bytes).ends_with(ca);
+        if changed {
+            if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+                bytes.push(b'\n');
             }
-            bundle.extend_from_slice(ca);
-            bundle.push(b'\n');
+            bytes.extend_from_slice(ca);
+            bytes.push(b'\n');
+        }
+        Ok(CaBundle { bytes, changed })
+    }
+
+    /// Writes a bundle from [`Self::ca_bundle`] (a regular file, replacing a symlink there)
+    /// and returns the `NAME=path` entries of [`CA_ENV_VARS`].
+    pub fn install_ca_bundle(&self, bundle: &CaBundle) -> Result<Vec<String>> {
+        if bundle.changed {
+            let root = self.open_root()?;
+            let rel = relative(Path::new(CA_BUNDLE_GUEST))?;
             let parent = rel.parent().unwrap_or(Path::new(""));
             mkdir_all(&root, parent)?;
             let dir = open_in(
@@ -217,8 +245,8 @@ impl Rootfs {
             .map_err(in_root(&rel))?;
             // SAFETY: openat just returned this descriptor; File takes sole ownership.
             let mut f = unsafe { File::from_raw_fd(fd) };
-            f.write_all(&bundle).map_err(io_at(&rel))?;
-            f.sync_all().map_err(io_at(&rel))?;
+            // No fsync: the upper is a volatile overlay's, gone with the bottle.
+            f.write_all(&bundle.bytes).map_err(io_at(&rel))?;
             drop(f);
             // Replaces a symlink there too: the result is a regular file inside the rootfs.
             renameat(Some(dir.as_raw_fd()), tmp, Some(dir.as_raw_fd()), name)
