@@ -125,6 +125,34 @@ impl PrivateAgent {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Waits (at most 5 s) until the agent's background work after a removal is done: the
+    /// removed bottles' directories deleted (`<run_dir>/trash` empty), their veths gone and
+    /// the next spare network made (one namespace and one veth per running bottle, plus the
+    /// spare). Like podman's clean-up, none of it may eat into the next measurement.
+    pub fn settle(&self, running: usize) {
+        let count = |dir: &str, prefix: &str| {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .filter(|n| n.starts_with(prefix))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        let trash = self.dir.join("run/trash");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let trash_empty = std::fs::read_dir(&trash).map_or(true, |mut d| d.next().is_none());
+            if trash_empty
+                && count("/run/netns", &self.netns_prefix) == running + 1
+                && count("/sys/class/net", &self.veth_prefix) == running + 1
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Runs the real `bottle` client against this agent, printing the command and output.
     pub fn client(&self, args: &[&str]) -> Result<String> {
         let bin = PathBuf::from(crate::sh::bin_dir(true)?).join("bottle");

@@ -542,24 +542,32 @@ impl Manager {
             }
         }
         let index = ifindex.unwrap_or_default();
-        // Each end is configured in its own namespace, concurrently.
-        let netns_name = names.netns.clone();
         let (bottle, gateway, prefix) =
             (meta.bottle_address, meta.gateway_address, meta.prefix_len);
-        let inside = tokio::task::spawn_blocking(move || {
-            network::configure_inside(&netns_name, bottle, gateway, prefix)
-        });
-        let host = network::configure_host_side(
-            &self.netlink,
-            &names.host,
-            index,
-            meta.gateway_address,
-            meta.prefix_len,
-        )
-        .await;
-        let inside = inside.await;
-        host?;
-        inside??;
+        if spare.is_some() {
+            network::address_spare(
+                &self.netlink,
+                &names.host,
+                index,
+                &names.netns,
+                bottle,
+                gateway,
+                prefix,
+            )
+            .await?;
+        } else {
+            // Each end is configured in its own namespace, concurrently.
+            let netns_name = names.netns.clone();
+            let inside = tokio::task::spawn_blocking(move || {
+                network::configure_inside(&netns_name, bottle, gateway, prefix)
+            });
+            let host =
+                network::configure_host_side(&self.netlink, &names.host, index, gateway, prefix)
+                    .await;
+            let inside = inside.await;
+            host?;
+            inside??;
+        }
         netns::write_resolv_conf(&names.netns, meta.gateway_address).map_err(|source| {
             StateError::Write {
                 path: std::path::Path::new(crate::paths::ETC_NETNS_DIR).join(&names.netns),

@@ -176,6 +176,76 @@ pub async fn bring_up_spare(
     }
 }
 
+/// A spare taken by a bottle ([`bring_up_spare`] made it: IPv6 and forwarding off, both
+/// ends and `lo` up): only the addresses and the default route are left, inside on a thread
+/// in the namespace while the host end is addressed here.
+pub async fn address_spare(
+    handle: &Handle,
+    ifname: &str,
+    ifindex: u32,
+    netns_name: &str,
+    bottle: Ipv4Addr,
+    gateway: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<()> {
+    let netns_name = netns_name.to_owned();
+    let inside = tokio::task::spawn_blocking(move || {
+        netns::run_in(&netns_name, move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .map_err(NetworkError::Runtime)?;
+            rt.block_on(async move {
+                let handle = connect()?;
+                let eth = index_of(&handle, "eth0").await?;
+                add_address_and_route(&handle, eth, bottle, gateway, prefix_len).await
+            })
+        })?
+    });
+    let host = async {
+        handle
+            .address()
+            .add(ifindex, gateway.into(), prefix_len)
+            .execute()
+            .await
+            .map_err(nl(format!("add {gateway}/{prefix_len} to {ifname}")))?;
+        wait_oper_up(handle, ifindex, ifname).await
+    }
+    .await;
+    let inside = match inside.await {
+        Ok(r) => r,
+        Err(e) => Err(netns::NetnsError::Thread(e.to_string()).into()),
+    };
+    host?;
+    inside
+}
+
+async fn add_address_and_route(
+    handle: &Handle,
+    eth: u32,
+    bottle: Ipv4Addr,
+    gateway: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<()> {
+    handle
+        .address()
+        .add(eth, bottle.into(), prefix_len)
+        .execute()
+        .await
+        .map_err(nl(format!("add {bottle}/{prefix_len} to eth0")))?;
+    set_up(handle, eth, "eth0").await?;
+    handle
+        .route()
+        .add()
+        .v4()
+        .gateway(gateway)
+        .execute()
+        .await
+        .map_err(nl(format!("add default route via {gateway}")))?;
+    wait_oper_up(handle, eth, "eth0").await
+}
+
 /// Inside the bottle: IPv6 off, `lo` up, `eth0` with the bottle address, up, default route
 /// via the gateway. Runs on a dedicated thread inside the namespace.
 pub fn configure_inside(
@@ -187,22 +257,7 @@ pub fn configure_inside(
     in_netns(netns_name, move |handle| async move {
         set_up(&handle, index_of(&handle, "lo").await?, "lo").await?;
         let eth = index_of(&handle, "eth0").await?;
-        handle
-            .address()
-            .add(eth, bottle.into(), prefix_len)
-            .execute()
-            .await
-            .map_err(nl(format!("add {bottle}/{prefix_len} to eth0")))?;
-        set_up(&handle, eth, "eth0").await?;
-        handle
-            .route()
-            .add()
-            .v4()
-            .gateway(gateway)
-            .execute()
-            .await
-            .map_err(nl(format!("add default route via {gateway}")))?;
-        wait_oper_up(&handle, eth, "eth0").await
+        add_address_and_route(&handle, eth, bottle, gateway, prefix_len).await
     })
 }
 

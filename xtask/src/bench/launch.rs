@@ -274,8 +274,10 @@ pub fn run() -> Result<()> {
     let mut create = Vec::new();
     let mut remove = Vec::new();
     // Each command is measured on a settled machine: podman leaves conmon and a `podman
-    // container cleanup` running after it returns, which would otherwise eat into whatever is
-    // measured next; and the order rotates, so no series always follows the same one.
+    // container cleanup` running after it returns, and the agent deletes a removed bottle's
+    // directories, waits for its veth and makes the next spare after `bottle run` returns;
+    // either would otherwise eat into whatever is measured next. The order rotates, so no
+    // series always follows the same one.
     let podman_marker = podman_dir.display().to_string();
     for i in 0..RUNS {
         process::check_interrupted()?;
@@ -294,6 +296,9 @@ pub fn run() -> Result<()> {
                 }
             }
             settle(&podman_marker);
+            // The bench agent's own asynchronous clean-up after the bottle run (and its
+            // next spare), likewise; "eqv" keeps running throughout.
+            agent.settle(1);
         }
         // The network part alone (create + remove through the API), for the breakdown.
         let name = format!("net-{i}");
@@ -304,6 +309,7 @@ pub fn run() -> Result<()> {
         agent.remove(&name)?;
         remove.push(ms(t));
         settle(&podman_marker);
+        agent.settle(1);
     }
     create.sort_by(f64::total_cmp);
     remove.sort_by(f64::total_cmp);
