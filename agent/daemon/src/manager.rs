@@ -128,11 +128,23 @@ struct Names {
 pub struct Reserved {
     id: String,
     spare: Option<Spare>,
+    workload: Option<(WorkloadRecord, Option<bottle_api::provision::AgentMeta>)>,
 }
 
 impl Reserved {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The workload about to be launched into the bottle, recorded with its first metadata
+    /// (so a successor finds it if this agent dies halfway; see `run`).
+    pub fn with_workload(
+        mut self,
+        record: WorkloadRecord,
+        agent: Option<bottle_api::provision::AgentMeta>,
+    ) -> Self {
+        self.workload = Some((record, agent));
+        self
     }
 }
 
@@ -376,10 +388,12 @@ impl Manager {
             Some(spare) => Reserved {
                 id: spare.id.clone(),
                 spare: Some(spare),
+                workload: None,
             },
             None => Reserved {
                 id: self.new_id(),
                 spare: None,
+                workload: None,
             },
         }
     }
@@ -392,7 +406,15 @@ impl Manager {
         launcher: &str,
         reserved: Reserved,
     ) -> Result<BottleInfo> {
-        let Reserved { id, spare } = reserved;
+        let Reserved {
+            id,
+            spare,
+            workload,
+        } = reserved;
+        let (workload, agent) = match workload {
+            Some((record, agent)) => (Some(record), agent),
+            None => (None, None),
+        };
         let (stored, compiled, gate, block) = match self.check_and_allocate(&req).await {
             Ok(checked) => checked,
             Err(e) => {
@@ -424,8 +446,8 @@ impl Manager {
             gateway_address: block.gateway,
             prefix_len: block.prefix_len,
             frozen: false,
-            workload: None,
-            agent: None,
+            workload,
+            agent,
         };
         let mut ifindex = None;
         let built = self

@@ -277,7 +277,15 @@ async fn launch(
             }
             None => {
                 // The rootfs is mounted while the network is made: both need only the id.
-                let reserved = m.reserve();
+                // Recorded with the bottle's first metadata: an agent that dies halfway
+                // leaves a record its successor finds (see `readopt`).
+                let reserved = m.reserve().with_workload(
+                    WorkloadRecord {
+                        image: req.image.clone(),
+                        exit_code: None,
+                    },
+                    req.agent.clone(),
+                );
                 let rootfs_id = reserved.id().to_owned();
                 let (run_dir, image_dir, image, id) = (
                     m.run_dir(),
@@ -372,19 +380,23 @@ async fn launch(
             (_, false) => WorkloadIo::Output,
         },
     };
-    // Recorded before the launch: an agent that dies halfway leaves a record its successor
-    // finds (and cleans up after, see `readopt`), never an unrecorded container.
-    let record = WorkloadRecord {
-        image: req.image.clone(),
-        exit_code: None,
-    };
-    let recorded =
-        manager
-            .lock()
-            .await
-            .record_workload_with(&info.name, &info.id, record, req.agent.clone());
-    if let Err(e) = recorded {
-        warn!(bottle = %info.name, error = %e, "cannot record the workload");
+    // Recorded before the launch (a new bottle's with its metadata, above): an agent that
+    // dies halfway leaves a record its successor finds (and cleans up after, see `readopt`),
+    // never an unrecorded container.
+    if !created {
+        let record = WorkloadRecord {
+            image: req.image.clone(),
+            exit_code: None,
+        };
+        let recorded = manager.lock().await.record_workload_with(
+            &info.name,
+            &info.id,
+            record,
+            req.agent.clone(),
+        );
+        if let Err(e) = recorded {
+            warn!(bottle = %info.name, error = %e, "cannot record the workload");
+        }
     }
     let launched = tokio::task::spawn_blocking(move || launch::start(params, prepared)).await;
     if created {
