@@ -398,6 +398,29 @@ async fn launch(
             warn!(bottle = %info.name, error = %e, "cannot record the workload");
         }
     }
+    // The output's log, channel and reader threads are made while runc runs (see
+    // `Readers::spawn_waiting`). A detached workload's keeper writes its log; the agent
+    // writes only a foreground one's.
+    let log = (!req.detach).then(|| {
+        Arc::new(std::sync::Mutex::new(CappedLog::open(
+            log_path.clone(),
+            LOG_CAP,
+        )))
+    });
+    let (tx, rx) = if req.detach {
+        (None, None)
+    } else {
+        let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
+        (Some(tx), Some(rx))
+    };
+    let readers = Readers::new();
+    // Stdout and stderr, or a terminal's output (all "stdout").
+    let waiting = (!req.detach).then(|| {
+        (
+            readers.spawn_waiting(tx.clone(), log.clone(), RunFrame::Stdout),
+            readers.spawn_waiting(tx.clone(), log.clone(), RunFrame::Stderr),
+        )
+    });
     let launched = tokio::task::spawn_blocking(move || launch::start(params, prepared)).await;
     if created {
         // The spare this create may have taken is replaced now, not during the launch.
@@ -439,28 +462,30 @@ async fn launch(
             warn!(bottle = %info.name, error = %e, "cannot mark the run for removal after a restart");
         }
     }
-    // A detached workload's keeper writes its log; the agent writes only a foreground one's.
-    let log =
-        (!req.detach).then(|| Arc::new(std::sync::Mutex::new(CappedLog::open(log_path, LOG_CAP))));
-    let (tx, rx) = if req.detach {
-        (None, None)
-    } else {
-        let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
-        (Some(tx), Some(rx))
-    };
     let console = started.console.map(Arc::new);
-    let readers = Readers::new();
-    for (pipe, frame) in [
-        (started.stdout, RunFrame::Stdout as fn(Vec<u8>) -> RunFrame),
-        (started.stderr, RunFrame::Stderr),
-        // A terminal's output is all "stdout".
-        (
-            console.as_ref().and_then(|c| c.try_clone().ok()),
-            RunFrame::Stdout,
-        ),
-    ] {
-        if let Some(pipe) = pipe {
-            readers.spawn(pipe, tx.clone(), log.clone(), frame);
+    let output = match &console {
+        Some(c) => (c.try_clone().ok(), None),
+        None => (started.stdout, started.stderr),
+    };
+    match (waiting, output) {
+        (Some((to_stdout, to_stderr)), (stdout, stderr)) => {
+            // A reader left without a pipe ends when its sender drops here.
+            if let Some(pipe) = stdout {
+                let _ = to_stdout.send(pipe);
+            }
+            if let Some(pipe) = stderr {
+                let _ = to_stderr.send(pipe);
+            }
+        }
+        (None, (stdout, stderr)) => {
+            for (pipe, frame) in [
+                (stdout, RunFrame::Stdout as fn(Vec<u8>) -> RunFrame),
+                (stderr, RunFrame::Stderr),
+            ] {
+                if let Some(pipe) = pipe {
+                    readers.spawn(pipe, tx.clone(), log.clone(), frame);
+                }
+            }
         }
     }
     let input = Input {
@@ -606,7 +631,7 @@ impl Readers {
     /// is being killed (or, detached, ever).
     pub(crate) fn spawn(
         &self,
-        mut pipe: std::fs::File,
+        pipe: std::fs::File,
         tx: Option<mpsc::Sender<Msg>>,
         log: Option<Arc<std::sync::Mutex<CappedLog>>>,
         frame: fn(Vec<u8>) -> RunFrame,
@@ -615,26 +640,29 @@ impl Readers {
         std::thread::spawn(move || {
             // Dropped when this thread ends, however it ends.
             let _ended = ended;
-            let mut buf = vec![0u8; READ_CHUNK];
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if let Some(log) = &log {
-                            log.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .write(&buf[..n]);
-                        }
-                        if let Some(tx) = &tx {
-                            let bytes = Bytes::from(frame(buf[..n].to_vec()).encode());
-                            let _ = tx.blocking_send(Msg::Frame(bytes));
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => return,
-                }
+            pump(pipe, tx.as_ref(), log.as_ref(), frame);
+        });
+    }
+
+    /// [`Self::spawn`] with the thread started now and its pipe handed over later (through
+    /// the returned sender): a run starts its readers while runc runs, so making the threads
+    /// is off the path from the workload's exit to the client. Dropping the sender ends the
+    /// thread.
+    pub(crate) fn spawn_waiting(
+        &self,
+        tx: Option<mpsc::Sender<Msg>>,
+        log: Option<Arc<std::sync::Mutex<CappedLog>>>,
+        frame: fn(Vec<u8>) -> RunFrame,
+    ) -> std::sync::mpsc::Sender<std::fs::File> {
+        let (hand_over, pipe) = std::sync::mpsc::channel::<std::fs::File>();
+        let ended = self.ended_tx.clone();
+        std::thread::spawn(move || {
+            let _ended = ended;
+            if let Ok(pipe) = pipe.recv() {
+                pump(pipe, tx.as_ref(), log.as_ref(), frame);
             }
         });
+        hand_over
     }
 
     /// Waits (at most `timeout`) for every reader to end; false if one is still reading.
@@ -649,6 +677,34 @@ impl Readers {
                 // Nobody sends; only the senders' drops count.
                 Ok(()) => {}
             }
+        }
+    }
+}
+
+/// One reader's loop (see [`Readers::spawn`]).
+fn pump(
+    mut pipe: std::fs::File,
+    tx: Option<&mpsc::Sender<Msg>>,
+    log: Option<&Arc<std::sync::Mutex<CappedLog>>>,
+    frame: fn(Vec<u8>) -> RunFrame,
+) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if let Some(log) = log {
+                    log.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .write(&buf[..n]);
+                }
+                if let Some(tx) = tx {
+                    let bytes = Bytes::from(frame(buf[..n].to_vec()).encode());
+                    let _ = tx.blocking_send(Msg::Frame(bytes));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }
