@@ -255,6 +255,7 @@ pub struct Prepared {
 /// only the bottle's id, so a new bottle's can run while its network is made. Whatever it
 /// made is removed again by [`cleanup`] (and by [`start`] when it fails).
 pub fn prepare(run_dir: &Path, image_dir: &Path, image: &str, id: &str) -> Result<Prepared> {
+    let _preparing = Preparing::begin(id);
     let begun = std::time::Instant::now();
     let image = resolve_image(image_dir, image)?;
     traversable_dir(run_dir)?;
@@ -266,6 +267,51 @@ pub fn prepare(run_dir: &Path, image_dir: &Path, image: &str, id: &str) -> Resul
         "rootfs prepared"
     );
     Ok(Prepared { image, rootfs })
+}
+
+/// Ids whose rootfs [`prepare`] is mounting right now. A create that fails while its
+/// rootfs is being prepared beside it rolls back through [`cleanup`], which must not move the
+/// directory away under a mount in progress: it waits for the prepare first.
+static PREPARING: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+static PREPARED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Marks an id as being prepared until dropped.
+struct Preparing(String);
+
+impl Preparing {
+    fn begin(id: &str) -> Self {
+        preparing().insert(id.to_owned());
+        Self(id.to_owned())
+    }
+
+    /// Waits (at most `timeout`) until no prepare of `id` runs.
+    fn wait_for(id: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut set = preparing();
+        while set.contains(id) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!(id, "rootfs still being prepared; cleaning up anyway");
+                return;
+            }
+            set = PREPARED
+                .wait_timeout(set, left)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        preparing().remove(&self.0);
+        PREPARED.notify_all();
+    }
+}
+
+fn preparing() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    PREPARING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Mounts the rootfs (unless `prepared` did), writes the bundle, creates and starts the
@@ -753,6 +799,8 @@ pub fn set_paused(run_dir: &Path, id: &str, paused: bool) -> Result<bool> {
 /// rootfs (unmounted first) and the bundle. Every step runs; returns what failed. Safe to call
 /// when nothing was ever launched.
 pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
+    // A rootfs being mounted for this id is finished first (see `PREPARING`).
+    Preparing::wait_for(id, RUNC_TIMEOUT);
     // `bottle rm` and the run's own cleanup can meet (rm kills the workload, whose reaper then
     // cleans up too): one at a time, so the second finds nothing left instead of tripping over
     // a half-removed tree.
@@ -807,4 +855,27 @@ pub fn cleanup(run_dir: &Path, id: &str) -> Vec<String> {
         "workload cleaned up"
     );
     failures
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_waits_for_a_prepare_of_the_same_id() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let preparing = Preparing::begin("0badc0de");
+        let waiter = std::thread::spawn(move || {
+            Preparing::wait_for("0badc0de", Duration::from_secs(30));
+            tx.send(()).unwrap();
+        });
+        // Still preparing: the waiter must not have come through.
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        drop(preparing);
+        rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        waiter.join().unwrap();
+        // Another id never waits.
+        Preparing::wait_for("12345678", Duration::from_secs(30));
+    }
 }

@@ -301,8 +301,11 @@ async fn launch(
                     .await;
                 // Awaited either way: a failed create's rootfs is removed before its id (a
                 // spare's) can be reserved again, which needs this manager.
-                let rootfs = rootfs.await.map_err(|e| {
-                    ApiError::new(ErrorCode::Internal, format!("rootfs task failed: {e}"))
+                let rootfs = rootfs.await.unwrap_or_else(|e| {
+                    Err(launch::LaunchError::Io {
+                        path: std::path::PathBuf::from("rootfs task"),
+                        source: std::io::Error::other(e.to_string()),
+                    })
                 });
                 let info = match created {
                     Ok(info) => info,
@@ -313,7 +316,8 @@ async fn launch(
                         return Err(e.into());
                     }
                 };
-                prepared = Some(rootfs?);
+                // A failed prepare fails the launch below, which removes the bottle.
+                prepared = Some(rootfs);
                 if !Launching::claim(&info.id) {
                     // Unreachable: a new id is nobody's.
                     return Err(ApiError::new(ErrorCode::Internal, "bottle id in use"));
