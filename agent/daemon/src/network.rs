@@ -140,14 +140,24 @@ pub async fn configure_host_side(
     prefix_len: u8,
 ) -> Result<()> {
     host_side_off(ifname)?;
+    add_gateway(handle, ifindex, ifname, gateway, prefix_len).await?;
+    set_up(handle, ifindex, ifname).await?;
+    wait_oper_up(handle, ifindex, ifname).await
+}
+
+async fn add_gateway(
+    handle: &Handle,
+    ifindex: u32,
+    ifname: &str,
+    gateway: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<()> {
     handle
         .address()
         .add(ifindex, gateway.into(), prefix_len)
         .execute()
         .await
-        .map_err(nl(format!("add {gateway}/{prefix_len} to {ifname}")))?;
-    set_up(handle, ifindex, ifname).await?;
-    wait_oper_up(handle, ifindex, ifname).await
+        .map_err(nl(format!("add {gateway}/{prefix_len} to {ifname}")))
 }
 
 /// A spare network's links brought up ahead of time, without addresses (its programs drop
@@ -160,20 +170,14 @@ pub async fn bring_up_spare(
     netns_name: &str,
 ) -> Result<()> {
     host_side_off(ifname)?;
-    let netns_name = netns_name.to_owned();
-    let inside = tokio::task::spawn_blocking(move || {
-        in_netns(&netns_name, |handle| async move {
-            for name in ["lo", "eth0"] {
-                set_up(&handle, index_of(&handle, name).await?, name).await?;
-            }
-            Ok(())
-        })
+    let inside = in_netns_task(netns_name, true, |handle| async move {
+        for name in ["lo", "eth0"] {
+            set_up(&handle, index_of(&handle, name).await?, name).await?;
+        }
+        Ok(())
     });
     set_up(handle, ifindex, ifname).await?;
-    match inside.await {
-        Ok(r) => r,
-        Err(e) => Err(netns::NetnsError::Thread(e.to_string()).into()),
-    }
+    inside.await
 }
 
 /// A spare taken by a bottle ([`bring_up_spare`] made it: IPv6 and forwarding off, both
@@ -188,35 +192,16 @@ pub async fn address_spare(
     gateway: Ipv4Addr,
     prefix_len: u8,
 ) -> Result<()> {
-    let netns_name = netns_name.to_owned();
-    let inside = tokio::task::spawn_blocking(move || {
-        netns::run_in(&netns_name, move || -> Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()
-                .map_err(NetworkError::Runtime)?;
-            rt.block_on(async move {
-                let handle = connect()?;
-                let eth = index_of(&handle, "eth0").await?;
-                add_address_and_route(&handle, eth, bottle, gateway, prefix_len).await
-            })
-        })?
+    let inside = in_netns_task(netns_name, false, move |handle| async move {
+        let eth = index_of(&handle, "eth0").await?;
+        add_address_and_route(&handle, eth, bottle, gateway, prefix_len).await
     });
     let host = async {
-        handle
-            .address()
-            .add(ifindex, gateway.into(), prefix_len)
-            .execute()
-            .await
-            .map_err(nl(format!("add {gateway}/{prefix_len} to {ifname}")))?;
+        add_gateway(handle, ifindex, ifname, gateway, prefix_len).await?;
         wait_oper_up(handle, ifindex, ifname).await
     }
     .await;
-    let inside = match inside.await {
-        Ok(r) => r,
-        Err(e) => Err(netns::NetnsError::Thread(e.to_string()).into()),
-    };
+    let inside = inside.await;
     host?;
     inside
 }
@@ -254,7 +239,7 @@ pub fn configure_inside(
     gateway: Ipv4Addr,
     prefix_len: u8,
 ) -> Result<()> {
-    in_netns(netns_name, move |handle| async move {
+    in_netns(netns_name, true, move |handle| async move {
         set_up(&handle, index_of(&handle, "lo").await?, "lo").await?;
         let eth = index_of(&handle, "eth0").await?;
         add_address_and_route(&handle, eth, bottle, gateway, prefix_len).await
@@ -270,16 +255,19 @@ fn host_side_off(ifname: &str) -> Result<()> {
     write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "0")
 }
 
-/// Runs `f` with a netlink handle inside the namespace `netns_name`, with IPv6 turned off
-/// there first: on a dedicated thread (see `netns::run_in`) with a runtime of its own.
-fn in_netns<F, Fut>(netns_name: &str, f: F) -> Result<()>
+/// Runs `f` with a netlink handle inside the namespace `netns_name` (with IPv6 turned off
+/// there first when `ipv6_off`): on a dedicated thread (see `netns::run_in`) with a runtime
+/// of its own.
+fn in_netns<F, Fut>(netns_name: &str, ipv6_off: bool, f: F) -> Result<()>
 where
     F: FnOnce(Handle) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<()>>,
 {
     netns::run_in(netns_name, move || -> Result<()> {
-        write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")?;
-        write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
+        if ipv6_off {
+            write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")?;
+            write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -287,6 +275,27 @@ where
             .map_err(NetworkError::Runtime)?;
         rt.block_on(async move { f(connect()?).await })
     })?
+}
+
+/// [`in_netns`] started now on a blocking thread (so it runs beside what the caller does
+/// next); the returned future is its result.
+fn in_netns_task<F, Fut>(
+    netns_name: &str,
+    ipv6_off: bool,
+    f: F,
+) -> impl std::future::Future<Output = Result<()>>
+where
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let netns_name = netns_name.to_owned();
+    let task = tokio::task::spawn_blocking(move || in_netns(&netns_name, ipv6_off, f));
+    async move {
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(netns::NetnsError::Thread(e.to_string()).into()),
+        }
+    }
 }
 
 async fn index_of(handle: &Handle, name: &str) -> Result<u32> {
