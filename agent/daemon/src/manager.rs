@@ -161,6 +161,8 @@ pub struct Manager {
     making: BTreeSet<String>,
     /// Wakes the task that makes spares (`spare::keep`).
     spares_wanted: Arc<Notify>,
+    /// Woken whenever a spare being made is finished (ready or failed).
+    spare_finished: Arc<Notify>,
     /// Address blocks of removed bottles whose veth the kernel has since deleted (see
     /// [`Drain`]); returned to the pool at the next create.
     freed_blocks: Arc<std::sync::Mutex<Vec<u32>>>,
@@ -200,6 +202,7 @@ impl Manager {
             spares: Vec::new(),
             making: BTreeSet::new(),
             spares_wanted: Arc::new(Notify::new()),
+            spare_finished: Arc::new(Notify::new()),
             freed_blocks: Arc::default(),
             drains: Vec::new(),
         }
@@ -681,6 +684,14 @@ impl Manager {
             }
             Err(_) => self.remove_spare(&job.id, ifindex).await,
         }
+        self.spare_finished.notify_waiters();
+    }
+
+    /// When no spare is ready but one is being made: what wakes its waiter once it is
+    /// finished. A create is better off waiting for it than making its network beside it
+    /// (the same work, competing for the CPUs and the kernel's RTNL).
+    pub fn spare_coming(&self) -> Option<Arc<Notify>> {
+        (self.spares.is_empty() && !self.making.is_empty()).then(|| self.spare_finished.clone())
     }
 
     /// Makes no more spares; true while one is still being made.

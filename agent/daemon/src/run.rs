@@ -48,6 +48,10 @@ pub(crate) const CHANNEL_FRAMES: usize = 64;
 const READ_CHUNK: usize = 16 * 1024;
 /// How often the reaper checks on the client and on runc while the workload runs.
 const POLL: Duration = Duration::from_millis(500);
+/// How long into a run its bottle's spare is replaced at the latest (see `launch`).
+const SPARE_DELAY: Duration = Duration::from_millis(50);
+/// How long a run waits for a spare being made before making its own network.
+const SPARE_WAIT: Duration = Duration::from_secs(1);
 /// How long the output readers may take to drain after the workload exited (the pipes close
 /// when the container's last process is gone, which the kernel ensures when init dies).
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -260,6 +264,18 @@ async fn launch(
 ) -> Result<Started, ApiError> {
     // A new bottle's rootfs, mounted while its network was made.
     let mut prepared = None;
+    if req.bottle.is_none() {
+        // The spare being made (after the previous run) is nearly ready: waited for, off the
+        // manager's lock, rather than made twice over.
+        let m = manager.lock().await;
+        if let Some(finished) = m.spare_coming() {
+            let notified = finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            drop(m);
+            let _ = tokio::time::timeout(SPARE_WAIT, notified).await;
+        }
+    }
     let (info, created, _launching, ca_pem, run_dir, image_dir, log_path, state_dir) = {
         let mut m = manager.lock().await;
         let info = match &req.bottle {
@@ -426,13 +442,12 @@ async fn launch(
         )
     });
     let launched = tokio::task::spawn_blocking(move || launch::start(params, prepared)).await;
-    if created {
-        // The spare this create may have taken is replaced now, not during the launch.
-        manager.lock().await.want_spares();
-    }
     let started = match launched {
         Ok(Ok(s)) => s,
         failed => {
+            if created {
+                manager.lock().await.want_spares();
+            }
             // A run that never started leaves nothing: a bottle made for it goes too (one
             // that existed before stays, with its home).
             if created {
@@ -497,6 +512,17 @@ async fn launch(
         console,
     };
     let (done, done_rx) = watch::channel(());
+    if created {
+        // The spare this create may have taken is replaced once the host is quiet again:
+        // after a short workload's removal, or SPARE_DELAY into a longer one. Made sooner, it
+        // competed for the CPUs with the launch and that removal; a run that comes before it
+        // is ready waits for it (above).
+        let (manager, mut ended) = (manager.clone(), done_rx.clone());
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(SPARE_DELAY, ended.changed()).await;
+            manager.lock().await.want_spares();
+        });
+    }
     running().insert(info.id.clone(), done_rx);
     let handle = tokio::runtime::Handle::current();
     let (name, id) = (info.name.clone(), info.id.clone());
