@@ -184,18 +184,6 @@ fn write_one(root: &OwnedFd, f: &HomeFileSpec<'_>, uid: u32, gid: u32) -> std::i
     file.write_all(f.contents)
 }
 
-/// Removes a home and everything in it; absent is fine.
-pub fn remove(dir: &Path) -> Result<(), HomeError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(HomeError::Dir {
-            path: dir.to_path_buf(),
-            source,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -258,13 +258,6 @@ impl Rootfs {
             .collect())
     }
 
-    /// The trust bundle as the container will read it ([`CA_BUNDLE_GUEST`], resolved inside
-    /// the rootfs); empty when there is none.
-    pub fn trust_bundle(&self) -> Result<Vec<u8>> {
-        let root = self.open_root()?;
-        Ok(read_in(&root, &relative(Path::new(CA_BUNDLE_GUEST))?)?.unwrap_or_default())
-    }
-
     /// Resolves the image's `User` (`name`, `uid`, `name:group`, `uid:gid`…) against its
     /// `/etc/passwd` and `/etc/group`; `None` gives [`DEFAULT_USER`].
     pub fn resolve_user(&self, user: Option<&str>) -> Result<ImageUser> {
@@ -281,7 +274,8 @@ impl Rootfs {
 
 /// Unmounts `dir/merged` (if mounted) and removes `dir`. Tolerates half-made states: a
 /// missing directory, an overlay that was never mounted. Every step is tried; the problems
-/// are reported together.
+/// are reported together. (The agent unmounts with [`unmount`] and moves the directory to
+/// its trash instead.)
 pub fn teardown(dir: &Path) -> Result<()> {
     unmount(dir)?;
     match fs::remove_dir_all(dir) {
