@@ -14,7 +14,7 @@
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +29,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rustls::crypto::ring as ring_provider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -64,23 +62,7 @@ struct State {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("bottle-test-git-https: starting the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bottle-test-git-https: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    bottle_tests::serve_main("bottle-test-git-https", run(args))
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -91,7 +73,7 @@ async fn run(args: Args) -> Result<()> {
     if token.is_empty() {
         bail!("{} holds no token", args.token_file.display());
     }
-    let (chain, key) = load_pair(&args.tls[0], &args.tls[1])?;
+    let (chain, key) = bottle_tests::load_cert_pair(&args.tls[0], &args.tls[1])?;
     let mut config =
         ServerConfig::builder_with_provider(Arc::new(ring_provider::default_provider()))
             .with_safe_default_protocol_versions()
@@ -142,22 +124,6 @@ async fn run(args: Args) -> Result<()> {
             }
         });
     }
-}
-
-fn load_pair(
-    cert: &Path,
-    key: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
-    if chain.is_empty() {
-        bail!("no certificate in {}", cert.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading the key {}", key.display()))?;
-    Ok((chain, key))
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -43,8 +43,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use rustls::crypto::ring as ring_provider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -95,23 +93,7 @@ struct Builders {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("bottle-test-upstream: starting the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bottle-test-upstream: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    bottle_tests::serve_main("bottle-test-upstream", run(args))
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -519,15 +501,7 @@ fn websocket(mut req: Request<Incoming>) -> Response<RespBody> {
 }
 
 fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
-    if chain.is_empty() {
-        bail!("no certificate in {}", cert.display());
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading the key {}", key.display()))?;
+    let (chain, key_der) = bottle_tests::load_cert_pair(cert, key)?;
     let signing_key = ring_provider::sign::any_supported_type(&key_der)
         .with_context(|| format!("unsupported key {}", key.display()))?;
     Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
