@@ -130,15 +130,7 @@ impl PrivateAgent {
     /// the next spare network made (one namespace and one veth per running bottle, plus the
     /// spare). Like podman's clean-up, none of it may eat into the next measurement.
     pub fn settle(&self, running: usize) {
-        let count = |dir: &str, prefix: &str| {
-            std::fs::read_dir(dir)
-                .map(|d| {
-                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                        .filter(|n| n.starts_with(prefix))
-                        .count()
-                })
-                .unwrap_or(0)
-        };
+        let count = |dir: &str, prefix: &str| names_with_prefix(dir, prefix).len();
         let trash = self.dir.join("run/trash");
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -190,14 +182,7 @@ impl Drop for PrivateAgent {
             ("/run/netns", &self.netns_prefix),
             ("/sys/class/net", &self.veth_prefix),
         ] {
-            let names: Vec<String> = std::fs::read_dir(dir)
-                .map(|d| {
-                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                        .filter(|n| n.starts_with(prefix.as_str()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for name in names {
+            for name in names_with_prefix(dir, prefix) {
                 let what = if dir == "/run/netns" {
                     let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&name));
                     "netns"
@@ -214,6 +199,17 @@ impl Drop for PrivateAgent {
         let _ = std::fs::remove_dir_all(&self.pin_root);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Entries of `dir` (network namespaces, interfaces) whose names start with `prefix`.
+fn names_with_prefix(dir: &str, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs `args` inside the namespace; returns (success, stdout+stderr).

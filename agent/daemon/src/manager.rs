@@ -128,7 +128,8 @@ struct Names {
 pub struct Reserved {
     id: String,
     spare: Option<Spare>,
-    workload: Option<(WorkloadRecord, Option<bottle_api::provision::AgentMeta>)>,
+    workload: Option<WorkloadRecord>,
+    agent: Option<bottle_api::provision::AgentMeta>,
 }
 
 impl Reserved {
@@ -143,7 +144,8 @@ impl Reserved {
         record: WorkloadRecord,
         agent: Option<bottle_api::provision::AgentMeta>,
     ) -> Self {
-        self.workload = Some((record, agent));
+        self.workload = Some(record);
+        self.agent = agent;
         self
     }
 }
@@ -392,11 +394,13 @@ impl Manager {
                 id: spare.id.clone(),
                 spare: Some(spare),
                 workload: None,
+                agent: None,
             },
             None => Reserved {
                 id: self.new_id(),
                 spare: None,
                 workload: None,
+                agent: None,
             },
         }
     }
@@ -413,11 +417,8 @@ impl Manager {
             id,
             spare,
             workload,
+            agent,
         } = reserved;
-        let (workload, agent) = match workload {
-            Some((record, agent)) => (Some(record), agent),
-            None => (None, None),
-        };
         let (stored, compiled, gate, block) = match self.check_and_allocate(&req).await {
             Ok(checked) => checked,
             Err(e) => {

@@ -482,29 +482,18 @@ async fn launch(
         }
     }
     let console = started.console.map(Arc::new);
-    let output = match &console {
+    let (stdout, stderr) = match &console {
         Some(c) => (c.try_clone().ok(), None),
         None => (started.stdout, started.stderr),
     };
-    match (waiting, output) {
-        (Some((to_stdout, to_stderr)), (stdout, stderr)) => {
-            // A reader left without a pipe ends when its sender drops here.
-            if let Some(pipe) = stdout {
-                let _ = to_stdout.send(pipe);
-            }
-            if let Some(pipe) = stderr {
-                let _ = to_stderr.send(pipe);
-            }
+    // A detached workload has no pipes here: its keeper writes the log. A reader left
+    // without a pipe ends when its sender drops here.
+    if let Some((to_stdout, to_stderr)) = waiting {
+        if let Some(pipe) = stdout {
+            let _ = to_stdout.send(pipe);
         }
-        (None, (stdout, stderr)) => {
-            for (pipe, frame) in [
-                (stdout, RunFrame::Stdout as fn(Vec<u8>) -> RunFrame),
-                (stderr, RunFrame::Stderr),
-            ] {
-                if let Some(pipe) = pipe {
-                    readers.spawn(pipe, tx.clone(), log.clone(), frame);
-                }
-            }
+        if let Some(pipe) = stderr {
+            let _ = to_stderr.send(pipe);
         }
     }
     let input = Input {

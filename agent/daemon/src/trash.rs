@@ -8,6 +8,7 @@
 //! empties it ([`empty`]). Only plain directories go this way: an overlay is unmounted before
 //! its directory is discarded, never after.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -50,6 +51,17 @@ fn delete(dir: &Path) {
     }
 }
 
+/// Hands `path` to the deleting thread (deletes it here if there is none).
+fn delete_later(path: PathBuf) {
+    if let Some(tx) = queue() {
+        match tx.send(path) {
+            Ok(()) => return,
+            Err(mpsc::SendError(path)) => return delete(&path),
+        }
+    }
+    delete(&path);
+}
+
 /// Makes `dir` vanish from its place now and deletes it in the background. A missing `dir`
 /// is fine. Falls back to deleting it in place when it cannot be moved (another filesystem).
 pub fn discard(run_dir: &Path, dir: &Path) -> std::io::Result<()> {
@@ -65,15 +77,17 @@ pub fn discard(run_dir: &Path, dir: &Path) -> std::io::Result<()> {
         dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir"),
     );
     let target = trash.join(name);
-    let moved = std::fs::create_dir_all(&trash)
-        .and_then(|()| std::fs::set_permissions(&trash, private()))
-        .and_then(|()| std::fs::rename(dir, &target));
+    let made = match std::fs::DirBuilder::new()
+        .mode(crate::paths::PRIVATE_DIR_MODE)
+        .create(&trash)
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        made => made,
+    };
+    let moved = made.and_then(|()| std::fs::rename(dir, &target));
     match moved {
         Ok(()) => {
-            match queue() {
-                Some(tx) if tx.send(target.clone()).is_ok() => {}
-                _ => delete(&target),
-            }
+            delete_later(target);
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -90,17 +104,8 @@ pub fn empty(run_dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        let path = entry.path();
-        match queue() {
-            Some(tx) if tx.send(path.clone()).is_ok() => {}
-            _ => delete(&path),
-        }
+        delete_later(entry.path());
     }
-}
-
-fn private() -> std::fs::Permissions {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::Permissions::from_mode(crate::paths::PRIVATE_DIR_MODE)
 }
 
 /// Waits (at most `timeout`) until the trash is empty: for tests and a stopping agent.
