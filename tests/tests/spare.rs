@@ -1,6 +1,6 @@
-//! End-to-end tests of spare networks (`spare_networks`): made ahead of time, dropping
-//! everything until a create takes one, invisible to `ls`, replaced after use, removed as
-//! orphans by a restarted agent and by a stopping one.
+//! End-to-end tests of spare networks (`spare_networks`): made ahead of time with an address
+//! block, dropping everything until a create takes one, invisible to `ls`, replaced after use,
+//! removed as orphans by a restarted agent and by a stopping one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{SocketAddr, SocketAddrV4};
@@ -50,6 +50,21 @@ fn wait_ready(agent: &Agent, id: &str) {
     }
 }
 
+/// The default route's gateway inside `netns`.
+fn default_gateway(netns: &str) -> std::net::Ipv4Addr {
+    let out = Command::new("ip")
+        .args(["-n", netns, "-4", "route", "show", "default"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "default via 10.250.91.1 dev eth0"
+    text.split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no default route in {netns}: {text:?} {out:?}"))
+}
+
 fn ls(agent: &Agent) -> Vec<String> {
     let list: Vec<BottleInfo> = serde_json::from_str(&agent.ok(&["ls", "--json"])).unwrap();
     list.into_iter().map(|b| b.name).collect()
@@ -90,6 +105,12 @@ fn privileged_spare_network_is_closed_unseen_used_and_never_left_behind() {
         "a spare must have no policy: {policy}"
     );
     assert!(!agent.state_dir().join(&spare_id).exists());
+    // Addressed and routed already, yet closed: with a listener on its gateway, nothing from
+    // inside gets through.
+    let spare_gw = default_gateway(&spare);
+    let gw = SocketAddr::V4(SocketAddrV4::new(spare_gw, ALLOWED));
+    let _listener = Listener::bind(gw);
+    assert!(!in_netns(&spare, move || tcp_connects(gw, None)));
     // `rm` does not know it.
     assert!(!agent
         .bottle(&["rm", &format!("bottle-{spare_id}")])
@@ -97,11 +118,11 @@ fn privileged_spare_network_is_closed_unseen_used_and_never_left_behind() {
         .success());
 
     // A create takes it, works like any bottle, and a new spare follows.
+    // The spare's address block becomes the bottle's.
     let a = agent.create("alpha");
     assert_eq!(a.id, spare_id);
     assert_eq!(a.netns, spare);
-    let gw = SocketAddr::V4(SocketAddrV4::new(a.gateway_address, ALLOWED));
-    let _listener = Listener::bind(gw);
+    assert_eq!(a.gateway_address, spare_gw);
     assert!(in_netns(&a.netns, move || tcp_connects(gw, None)));
     let both = wait_netns(&agent, 2);
     let next = both.iter().find(|n| **n != a.netns).unwrap().clone();

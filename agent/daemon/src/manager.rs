@@ -419,7 +419,9 @@ impl Manager {
             workload,
             agent,
         } = reserved;
-        let (stored, compiled, gate, block) = match self.check_and_allocate(&req).await {
+        let spare_block = spare.as_ref().map(|s| s.block);
+        let (stored, compiled, gate, block) = match self.check_and_allocate(&req, spare_block).await
+        {
             Ok(checked) => checked,
             Err(e) => {
                 self.spares.extend(spare);
@@ -432,9 +434,12 @@ impl Manager {
         let took_spare = spare.is_some();
         let name = req.name.unwrap_or_else(|| format!("bottle-{id}"));
         if self.bottles.contains_key(&name) {
-            // Only a generated name someone already chose by hand gets here.
+            // Only a generated name someone already chose by hand gets here. A spare goes
+            // back with its block.
+            if spare.is_none() {
+                self.ipam.release(block.index);
+            }
             self.spares.extend(spare);
-            self.ipam.release(block.index);
             return Err(ManagerError::NameTaken(name));
         }
         let names = self.names(&id);
@@ -495,10 +500,12 @@ impl Manager {
     }
 
     /// Everything about a create request that can be refused before anything is made (the
-    /// policy is compiled first, so a bad one costs nothing), then its address block.
+    /// policy is compiled first, so a bad one costs nothing), then its address block: the
+    /// spare's, if it took one.
     async fn check_and_allocate(
         &mut self,
         req: &CreateBottle,
+        spare_block: Option<Block>,
     ) -> Result<(
         StoredPolicy,
         bottle_proxy::CompiledPolicy,
@@ -521,7 +528,10 @@ impl Manager {
                 return Err(ManagerError::NameTaken(name.clone()));
             }
         }
-        let block = self.allocate_block().await?;
+        let block = match spare_block {
+            Some(block) => block,
+            None => self.allocate_block().await?,
+        };
         Ok((stored, compiled, gate, block))
     }
 
@@ -567,32 +577,18 @@ impl Manager {
                 step("veth, datapath");
             }
         }
-        let index = ifindex.unwrap_or_default();
-        let (bottle, gateway, prefix) =
-            (meta.bottle_address, meta.gateway_address, meta.prefix_len);
-        if spare.is_some() {
-            network::address_spare(
+        // A spare's ends are addressed and up already.
+        if spare.is_none() {
+            network::configure_both(
                 &self.netlink,
                 &names.host,
-                index,
+                ifindex.unwrap_or_default(),
                 &names.netns,
-                bottle,
-                gateway,
-                prefix,
+                meta.bottle_address,
+                meta.gateway_address,
+                meta.prefix_len,
             )
             .await?;
-        } else {
-            // Each end is configured in its own namespace, concurrently.
-            let netns_name = names.netns.clone();
-            let inside = tokio::task::spawn_blocking(move || {
-                network::configure_inside(&netns_name, bottle, gateway, prefix)
-            });
-            let host =
-                network::configure_host_side(&self.netlink, &names.host, index, gateway, prefix)
-                    .await;
-            let inside = inside.await;
-            host?;
-            inside??;
         }
         netns::write_resolv_conf(&names.netns, meta.gateway_address).map_err(|source| {
             StateError::Write {
@@ -650,11 +646,21 @@ impl Manager {
         self.spares_wanted.clone()
     }
 
-    /// The next spare to make, if fewer than `spare_networks` are ready or being made.
+    /// The next spare to make, if fewer than `spare_networks` are ready or being made and
+    /// the pool has a block for it (a spare never takes a bottle's last address: without one,
+    /// creates make their own networks).
     pub fn start_spare(&mut self) -> Option<SpareJob> {
         if self.spares.len() + self.making.len() >= self.config.spare_networks {
             return None;
         }
+        self.reclaim_blocks();
+        let block = match self.ipam.allocate() {
+            Ok(block) => block,
+            Err(e) => {
+                debug!(error = %e, "no address block for a spare network");
+                return None;
+            }
+        };
         let id = self.new_id();
         self.making.insert(id.clone());
         let names = self.names(&id);
@@ -664,6 +670,7 @@ impl Manager {
             host: names.host,
             netlink: self.netlink.clone(),
             attacher: self.datapath.attacher(),
+            block,
         })
     }
 
@@ -680,10 +687,11 @@ impl Manager {
                 self.spares.push(Spare {
                     id: job.id.clone(),
                     ifindex,
+                    block: job.block,
                 });
                 debug!(id = %job.id, "spare network ready");
             }
-            Err(_) => self.remove_spare(&job.id, ifindex).await,
+            Err(_) => self.remove_spare(&job.id, ifindex, job.block).await,
         }
         self.spare_finished.notify_waiters();
     }
@@ -704,11 +712,12 @@ impl Manager {
     /// Removes every ready spare (a stopping agent leaves none behind).
     pub async fn remove_spares(&mut self) {
         for s in std::mem::take(&mut self.spares) {
-            self.remove_spare(&s.id, Some(s.ifindex)).await;
+            self.remove_spare(&s.id, Some(s.ifindex), s.block).await;
         }
     }
 
-    async fn remove_spare(&mut self, id: &str, ifindex: Option<u32>) {
+    /// Removes a spare; its block returns to the pool once its veth is gone.
+    async fn remove_spare(&mut self, id: &str, ifindex: Option<u32>, block: Block) {
         let names = self.names(id);
         let meta = Metadata {
             id: id.into(),
@@ -725,7 +734,9 @@ impl Manager {
             workload: None,
             agent: None,
         };
-        let failures = self.teardown(&meta, ifindex, false, None).await;
+        let failures = self
+            .teardown(&meta, ifindex, false, Some(block.index))
+            .await;
         if !failures.is_empty() {
             error!(id = %id, failures = %failures.join("; "), "spare network removal incomplete");
         }

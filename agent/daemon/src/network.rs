@@ -132,7 +132,7 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
 }
 
 /// Host side: no IPv6, no forwarding, the gateway address, up.
-pub async fn configure_host_side(
+async fn configure_host_side(
     handle: &Handle,
     ifname: &str,
     ifindex: u32,
@@ -160,30 +160,11 @@ async fn add_gateway(
         .map_err(nl(format!("add {gateway}/{prefix_len} to {ifname}")))
 }
 
-/// A spare network's links brought up ahead of time, without addresses (its programs drop
-/// everything until a bottle's policy exists): the carrier comes up while the spare waits,
-/// not while a `create` waits for it. IPv6 and forwarding are off on both ends first.
-pub async fn bring_up_spare(
-    handle: &Handle,
-    ifname: &str,
-    ifindex: u32,
-    netns_name: &str,
-) -> Result<()> {
-    host_side_off(ifname)?;
-    let inside = in_netns_task(netns_name, true, |handle| async move {
-        for name in ["lo", "eth0"] {
-            set_up(&handle, index_of(&handle, name).await?, name).await?;
-        }
-        Ok(())
-    });
-    set_up(handle, ifindex, ifname).await?;
-    inside.await
-}
-
-/// A spare taken by a bottle ([`bring_up_spare`] made it: IPv6 and forwarding off, both
-/// ends and `lo` up): only the addresses and the default route are left, inside on a thread
-/// in the namespace while the host end is addressed here.
-pub async fn address_spare(
+/// Both ends of a new veth configured, each in its own namespace, concurrently: the host end
+/// (no IPv6, no forwarding, the gateway address, up) here, the inside (IPv6 off, `lo` up,
+/// `eth0` with the bottle address, the default route) on a thread in the namespace. Returns
+/// once both carriers are up.
+pub async fn configure_both(
     handle: &Handle,
     ifname: &str,
     ifindex: u32,
@@ -192,18 +173,16 @@ pub async fn address_spare(
     gateway: Ipv4Addr,
     prefix_len: u8,
 ) -> Result<()> {
-    let inside = in_netns_task(netns_name, false, move |handle| async move {
-        let eth = index_of(&handle, "eth0").await?;
-        add_address_and_route(&handle, eth, bottle, gateway, prefix_len).await
+    let netns_name = netns_name.to_owned();
+    let inside = tokio::task::spawn_blocking(move || {
+        configure_inside(&netns_name, bottle, gateway, prefix_len)
     });
-    let host = async {
-        add_gateway(handle, ifindex, ifname, gateway, prefix_len).await?;
-        wait_oper_up(handle, ifindex, ifname).await
-    }
-    .await;
-    let inside = inside.await;
+    let host = configure_host_side(handle, ifname, ifindex, gateway, prefix_len).await;
+    let inside = inside
+        .await
+        .map_err(|e| NetworkError::from(netns::NetnsError::Thread(e.to_string())));
     host?;
-    inside
+    inside?
 }
 
 async fn add_address_and_route(
@@ -233,7 +212,7 @@ async fn add_address_and_route(
 
 /// Inside the bottle: IPv6 off, `lo` up, `eth0` with the bottle address, up, default route
 /// via the gateway. Runs on a dedicated thread inside the namespace.
-pub fn configure_inside(
+fn configure_inside(
     netns_name: &str,
     bottle: Ipv4Addr,
     gateway: Ipv4Addr,
@@ -275,27 +254,6 @@ where
             .map_err(NetworkError::Runtime)?;
         rt.block_on(async move { f(connect()?).await })
     })?
-}
-
-/// [`in_netns`] started now on a blocking thread (so it runs beside what the caller does
-/// next); the returned future is its result.
-fn in_netns_task<F, Fut>(
-    netns_name: &str,
-    ipv6_off: bool,
-    f: F,
-) -> impl std::future::Future<Output = Result<()>>
-where
-    F: FnOnce(Handle) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let netns_name = netns_name.to_owned();
-    let task = tokio::task::spawn_blocking(move || in_netns(&netns_name, ipv6_off, f));
-    async move {
-        match task.await {
-            Ok(r) => r,
-            Err(e) => Err(netns::NetnsError::Thread(e.to_string()).into()),
-        }
-    }
 }
 
 async fn index_of(handle: &Handle, name: &str) -> Result<u32> {

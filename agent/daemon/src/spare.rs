@@ -1,18 +1,19 @@
 //! Spare networks: the slow part of a bottle's network, made ahead of time.
 //!
-//! Making a namespace and a veth, attaching both programs and waiting for the carrier costs
-//! a few milliseconds with clsact (20-30 ms more with tcx, whose attaches wait out RCU grace
-//! periods). The agent keeps `spare_networks` (default 1) of them ready: a namespace, the veth
-//! with its peer born inside as `eth0`, both programs attached (tcx links pinned under the
-//! spare's id). A spare has no address and its ifindex has no policy entry, so the datapath
-//! drops everything that could reach it; both ends are up already, so their carrier is too by
-//! the time a `create` takes the spare. `create` takes one (its id becomes the bottle's id),
-//! writes the policy, configures both ends and starts the services, and a background task
-//! makes the next one, off the manager's lock.
+//! Making a namespace and a veth, attaching both programs, addressing both ends and waiting
+//! for their carrier costs a few milliseconds with clsact (20-30 ms more with tcx, whose
+//! attaches wait out RCU grace periods). The agent keeps `spare_networks` (default 1) of them
+//! ready: a namespace, the veth with its peer born inside as `eth0`, both programs attached
+//! (tcx links pinned under the spare's id), and an address block from the pool with both ends
+//! addressed, routed and up. Its ifindex has no policy entry, so the datapath drops
+//! everything on it, ARP included, until a bottle takes it. `create` takes one (its id and
+//! block become the bottle's), writes the policy and starts the services, and a background
+//! task makes the next one, off the manager's lock.
 //!
 //! A spare has no state directory: to a restarted agent it is an orphan like any other and
-//! is removed (`Manager::adopt`); a stopping agent removes its spares itself. `ls` and `rm`
-//! only know bottles, never spares.
+//! is removed (`Manager::adopt`), and its block is free again (the pool is rebuilt from the
+//! bottles' state). A stopping agent removes its spares itself. `ls` and `rm` only know
+//! bottles, never spares.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use crate::datapath::{Attacher, DatapathError};
+use crate::ipam::Block;
 use crate::manager::Manager;
 use crate::netns::{self, NetnsError};
 use crate::network::{self, NetworkError};
@@ -44,6 +46,8 @@ pub type Result<T> = std::result::Result<T, SpareError>;
 pub struct Spare {
     pub id: String,
     pub ifindex: u32,
+    /// The addresses both ends have already.
+    pub block: Block,
 }
 
 /// What making one spare needs, taken from the manager so the work runs off its lock.
@@ -53,6 +57,7 @@ pub struct SpareJob {
     pub host: String,
     pub netlink: Handle,
     pub attacher: Attacher,
+    pub block: Block,
 }
 
 impl SpareJob {
@@ -66,7 +71,17 @@ impl SpareJob {
         *ifindex = Some(index);
         let (attacher, id, host) = (self.attacher.clone(), self.id.clone(), self.host.clone());
         tokio::task::spawn_blocking(move || attacher.attach(&id, &host)).await??;
-        network::bring_up_spare(&self.netlink, &self.host, index, &self.netns).await?;
+        let b = &self.block;
+        network::configure_both(
+            &self.netlink,
+            &self.host,
+            index,
+            &self.netns,
+            b.bottle,
+            b.gateway,
+            b.prefix_len,
+        )
+        .await?;
         debug!(id = %self.id, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "spare network made");
         Ok(index)
     }
