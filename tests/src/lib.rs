@@ -369,14 +369,16 @@ pub fn wait_links_gone(prefix: &str) {
 }
 
 /// Waits (bounded) until the agent's background thread has deleted every directory removed
-/// bottles left in `<run_dir>/trash`.
-pub fn wait_trash_empty(run_dir: &std::path::Path) {
-    let trash = run_dir.join("trash");
-    wait_for(
-        &format!("{} to be emptied", trash.display()),
-        std::time::Duration::from_secs(30),
-        || std::fs::read_dir(&trash).map_or(true, |mut d| d.next().is_none()),
-    );
+/// bottles left in the trash of its run and state directories.
+pub fn wait_trash_empty(agent: &Agent) {
+    for root in [agent.dir.path().join("run"), agent.state_dir()] {
+        let trash = root.join("trash");
+        wait_for(
+            &format!("{} to be emptied", trash.display()),
+            std::time::Duration::from_secs(30),
+            || std::fs::read_dir(&trash).map_or(true, |mut d| d.next().is_none()),
+        );
+    }
 }
 
 /// A veth pair `<name>`/`<name>p` in the host namespace, both up, `addr` (CIDR) on `<name>`:

@@ -118,7 +118,7 @@ fn assert_nothing_left(agent: &Agent) {
         );
     }
     assert_eq!(agent.ok(&["ls", "--json"]).trim(), "[]");
-    wait_trash_empty(&run_dir(agent));
+    wait_trash_empty(agent);
 }
 
 fn ls_state(agent: &Agent, name: &str) -> String {

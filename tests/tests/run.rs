@@ -95,7 +95,7 @@ fn assert_nothing_left(agent: &Agent) {
     }
     assert_eq!(agent.ok(&["ls", "--json"]).trim(), "[]");
     // What was removed is also deleted, not just moved aside.
-    wait_trash_empty(&run);
+    wait_trash_empty(agent);
 }
 
 #[test]

@@ -126,15 +126,18 @@ impl PrivateAgent {
     }
 
     /// Waits (at most 5 s) until the agent's background work after a removal is done: the
-    /// removed bottles' directories deleted (`<run_dir>/trash` empty), their veths gone and
+    /// removed bottles' directories deleted (the run and state directories' `trash` empty),
+    /// their veths gone and
     /// the next spare network made (one namespace and one veth per running bottle, plus the
     /// spare). Like podman's clean-up, none of it may eat into the next measurement.
     pub fn settle(&self, running: usize) {
         let count = |dir: &str, prefix: &str| names_with_prefix(dir, prefix).len();
-        let trash = self.dir.join("run/trash");
+        let trashes = [self.dir.join("run/trash"), self.dir.join("state/trash")];
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let trash_empty = std::fs::read_dir(&trash).map_or(true, |mut d| d.next().is_none());
+            let trash_empty = trashes
+                .iter()
+                .all(|t| std::fs::read_dir(t).map_or(true, |mut d| d.next().is_none()));
             if trash_empty
                 && count("/run/netns", &self.netns_prefix) == running + 1
                 && count("/sys/class/net", &self.veth_prefix) == running + 1

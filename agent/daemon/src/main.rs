@@ -175,6 +175,7 @@ async fn run(config: AgentConfig) -> ExitCode {
 
     // What a previous agent discarded but had no time to delete.
     trash::empty(&config.run_dir);
+    trash::empty(&config.state_dir);
 
     let datapath = match Datapath::load(&config.bpf_pin_root, config.tc_attach) {
         Ok(d) => d,
@@ -215,7 +216,7 @@ async fn run(config: AgentConfig) -> ExitCode {
     let pool = config.pool;
     let socket = config.socket.clone();
     let group = config.socket_group.clone();
-    let run_dir = config.run_dir.clone();
+    let (run_dir, state_dir) = (config.run_dir.clone(), config.state_dir.clone());
     let mut manager = Manager::new(config, datapath, netlink.clone(), trust);
     manager.adopt().await;
     match network::routes_overlapping(&netlink, pool, &manager.own_ifindexes()).await {
@@ -268,7 +269,7 @@ async fn run(config: AgentConfig) -> ExitCode {
     // Removed bottles' directories are deleted before the agent goes (bounded; a next start
     // deletes what is left).
     let _ = tokio::task::spawn_blocking(move || {
-        trash::wait_empty(&run_dir, std::time::Duration::from_secs(10))
+        trash::wait_empty(&[&run_dir, &state_dir], std::time::Duration::from_secs(10))
     })
     .await;
     drop(lock);

@@ -817,15 +817,11 @@ impl Manager {
         if let Err(e) = netns::remove_etc(&meta.netns) {
             failures.push(format!("remove /etc/netns/{}: {e}", meta.netns));
         }
-        if let Err(e) =
-            crate::workspace::remove(&self.config.state_dir, &self.config.run_dir, &meta.id)
-        {
+        if let Err(e) = crate::workspace::remove(&self.config.state_dir, &meta.id) {
             failures.push(e);
         }
         step("etc, workspace");
-        if let Err(e) =
-            state::remove_bottle_dir(&self.config.state_dir, &self.config.run_dir, &meta.id)
-        {
+        if let Err(e) = state::remove_bottle_dir(&self.config.state_dir, &meta.id) {
             failures.push(e);
         }
         step("state");
@@ -1187,8 +1183,12 @@ impl Manager {
         }
         let image_dir = self.config.image_dir();
         for dir in state::bottle_dirs(&self.config.state_dir) {
-            // The image cache may live in the state directory; it is not a bottle.
-            if dir == image_dir || dir == crate::workspace::root(&self.config.state_dir) {
+            // The image cache may live in the state directory; it is not a bottle, nor are
+            // the workspaces and the trash.
+            if dir == image_dir
+                || dir == crate::workspace::root(&self.config.state_dir)
+                || dir == crate::trash::dir(&self.config.state_dir)
+            {
                 continue;
             }
             let meta = match state::load(&dir) {
@@ -1337,9 +1337,7 @@ impl Manager {
         for id in crate::workspace::bottle_ids(&self.config.state_dir) {
             if !ids.contains(&id) {
                 warn!(id = %id, "removing orphaned workspace");
-                if let Err(e) =
-                    crate::workspace::remove(&self.config.state_dir, &self.config.run_dir, &id)
-                {
+                if let Err(e) = crate::workspace::remove(&self.config.state_dir, &id) {
                     error!(id = %id, error = %e, "cannot remove orphan");
                 }
             }

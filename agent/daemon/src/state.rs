@@ -135,15 +135,11 @@ pub fn bottle_dirs(state_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes a bottle's state directory (through `run_dir`'s trash: gone from `state_dir` at
-/// once, deleted in the background).
-pub fn remove_bottle_dir(
-    state_dir: &Path,
-    run_dir: &Path,
-    id: &str,
-) -> std::result::Result<(), String> {
+/// Removes a bottle's state directory (through `state_dir`'s trash: gone at once, deleted in
+/// the background).
+pub fn remove_bottle_dir(state_dir: &Path, id: &str) -> std::result::Result<(), String> {
     let dir = bottle_dir(state_dir, id);
-    crate::trash::discard(run_dir, &dir).map_err(|e| format!("remove {}: {e}", dir.display()))
+    crate::trash::discard(state_dir, &dir).map_err(|e| format!("remove {}: {e}", dir.display()))
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
-//! Deferred deletion of a removed bottle's directories (its rootfs, bundle and home).
+//! Deferred deletion of a removed bottle's directories (its rootfs, bundle and home under
+//! the run directory; its state and workspace under the state directory).
 //!
 //! Deleting a tree file by file costs ~1 ms for an empty overlay upper on ext4 and seconds for
 //! a home a workload filled, all of it inside `bottle rm` and every `bottle run --rm`. A
-//! directory that must vanish now is renamed into `<run_dir>/trash/` instead — one atomic
-//! rename, after which nothing refers to it by its old name — and a background thread deletes
-//! it there. An agent that stops or crashes first leaves the trash to the next start, which
-//! empties it ([`empty`]). Only plain directories go this way: an overlay is unmounted before
-//! its directory is discarded, never after.
+//! directory that must vanish now is renamed into `<root>/trash/` instead, where `<root>` is
+//! the run or the state directory it lies under (a rename cannot cross filesystems, and the
+//! two are usually apart: `/run` a tmpfs, `/var/lib` a disk) — one atomic rename, after which
+//! nothing refers to it by its old name — and a background thread deletes it there. An agent
+//! that stops or crashes first leaves the trash to the next start, which empties it
+//! ([`empty`]). Only plain directories go this way: an overlay is unmounted before its
+//! directory is discarded, never after.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -62,14 +65,20 @@ fn delete_later(path: PathBuf) {
     delete(&path);
 }
 
-/// Makes `dir` vanish from its place now and deletes it in the background. A missing `dir`
-/// is fine. Falls back to deleting it in place when it cannot be moved (another filesystem).
-pub fn discard(run_dir: &Path, dir: &Path) -> std::io::Result<()> {
+/// The trash of `root` (the run or the state directory).
+pub fn dir(root: &Path) -> PathBuf {
+    root.join(TRASH_DIR)
+}
+
+/// Makes `dir` (under `root`) vanish from its place now and deletes it in the background. A
+/// missing `dir` is fine. Falls back to deleting it in place when it cannot be moved (another
+/// filesystem).
+pub fn discard(root: &Path, dir: &Path) -> std::io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     if std::fs::symlink_metadata(dir).is_err() {
         return Ok(());
     }
-    let trash = run_dir.join(TRASH_DIR);
+    let trash = self::dir(root);
     let name = format!(
         "{}-{}-{}",
         std::process::id(),
@@ -98,9 +107,9 @@ pub fn discard(run_dir: &Path, dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Deletes (in the background) whatever an earlier agent left in the trash.
-pub fn empty(run_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(run_dir.join(TRASH_DIR)) else {
+/// Deletes (in the background) whatever an earlier agent left in `root`'s trash.
+pub fn empty(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir(root)) else {
         return;
     };
     for entry in entries.flatten() {
@@ -108,13 +117,16 @@ pub fn empty(run_dir: &Path) {
     }
 }
 
-/// Waits (at most `timeout`) until the trash is empty: for tests and a stopping agent.
-pub fn wait_empty(run_dir: &Path, timeout: std::time::Duration) -> bool {
+/// Waits (at most `timeout`) until the trash of every one of `roots` is empty: for tests and
+/// a stopping agent.
+pub fn wait_empty(roots: &[&Path], timeout: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let empty = std::fs::read_dir(run_dir.join(TRASH_DIR))
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(true);
+        let empty = roots.iter().all(|root| {
+            std::fs::read_dir(dir(root))
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true)
+        });
         if empty {
             return true;
         }
@@ -138,7 +150,10 @@ mod tests {
         std::fs::write(dir.join("upper/etc/file"), b"x").unwrap();
         discard(run.path(), &dir).unwrap();
         assert!(!dir.exists());
-        assert!(wait_empty(run.path(), std::time::Duration::from_secs(10)));
+        assert!(wait_empty(
+            &[run.path()],
+            std::time::Duration::from_secs(10)
+        ));
         // Missing is fine.
         discard(run.path(), &dir).unwrap();
     }
@@ -149,6 +164,9 @@ mod tests {
         let left = run.path().join(TRASH_DIR).join("1-0-home");
         std::fs::create_dir_all(left.join("a/b")).unwrap();
         empty(run.path());
-        assert!(wait_empty(run.path(), std::time::Duration::from_secs(10)));
+        assert!(wait_empty(
+            &[run.path()],
+            std::time::Duration::from_secs(10)
+        ));
     }
 }

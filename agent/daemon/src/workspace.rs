@@ -305,14 +305,10 @@ pub fn bottle_ids(state_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Removes a bottle's workspace (nothing when it has none) through `run_dir`'s trash.
-pub fn remove(
-    state_dir: &Path,
-    run_dir: &Path,
-    bottle_id: &str,
-) -> std::result::Result<(), String> {
+/// Removes a bottle's workspace (nothing when it has none) through `state_dir`'s trash.
+pub fn remove(state_dir: &Path, bottle_id: &str) -> std::result::Result<(), String> {
     let dir = bottle_workspace(state_dir, bottle_id);
-    crate::trash::discard(run_dir, &dir).map_err(|e| format!("remove {}: {e}", dir.display()))
+    crate::trash::discard(state_dir, &dir).map_err(|e| format!("remove {}: {e}", dir.display()))
 }
 
 /// lchown of every entry under `top` (and `top`), never following a symlink.
