@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 
 pub struct PrivateAgent {
     pub dir: PathBuf,
+    pub run_dir: PathBuf,
     pub pin_root: PathBuf,
     netns_prefix: String,
     veth_prefix: String,
@@ -20,8 +21,19 @@ pub struct PrivateAgent {
 impl PrivateAgent {
     /// `tag` names everything (≤ 4 chars); `extra` is appended to the TOML config.
     pub fn start(tag: &str, pool: &str, extra: &str) -> Result<Self> {
+        Self::start_with_run_dir(tag, pool, extra, None)
+    }
+
+    /// [`Self::start`] with the agent's `run_dir` at `run_dir` (`<dir>/run` when `None`).
+    pub fn start_with_run_dir(
+        tag: &str,
+        pool: &str,
+        extra: &str,
+        run_dir: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("bottle-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
+        let run_dir = run_dir.map_or_else(|| dir.join("run"), std::path::Path::to_path_buf);
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/bottle-{tag}"));
         let netns_prefix = format!("bottle{tag}-");
         let veth_prefix = format!("b{tag}-");
@@ -29,10 +41,11 @@ impl PrivateAgent {
         std::fs::write(
             &config,
             format!(
-                "socket = \"{d}/agent.sock\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\n\
+                "socket = \"{d}/agent.sock\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{r}\"\n\
                  bpf_pin_root = \"{p}\"\npool = \"{pool}\"\nnetns_prefix = \"{netns_prefix}\"\n\
                  veth_prefix = \"{veth_prefix}\"\nlog = \"warn\"\n{extra}\n",
                 d = dir.display(),
+                r = run_dir.display(),
                 p = pin_root.display(),
             ),
         )?;
@@ -45,6 +58,7 @@ impl PrivateAgent {
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let mut agent = Self {
             dir,
+            run_dir,
             pin_root,
             netns_prefix,
             veth_prefix,
@@ -132,7 +146,7 @@ impl PrivateAgent {
     /// spare). Like podman's clean-up, none of it may eat into the next measurement.
     pub fn settle(&self, running: usize) {
         let count = |dir: &str, prefix: &str| names_with_prefix(dir, prefix).len();
-        let trashes = [self.dir.join("run/trash"), self.dir.join("state/trash")];
+        let trashes = [self.run_dir.join("trash"), self.dir.join("state/trash")];
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             let trash_empty = trashes

@@ -8,8 +8,9 @@
 //! and `podman run --rm --rootfs DIR --network none true` (Debian's podman, driving the same
 //! runc), 30 runs each, interleaved in rotating order, each on a settled machine (podman's
 //! asynchronous clean-up finished). Every command is timed from spawn to exit as the kernel
-//! reports it (a pidfd), never to a polling tick. Also the agent's RSS per running
-//! (detached) bottle.
+//! reports it (a pidfd), never to a polling tick. Runtime state of all three (the agent's
+//! run directory, runc's root, podman's run root) is on one tmpfs, as under a usual host's
+//! `/run`. Also the agent's RSS per running (detached) bottle.
 //!
 //! The image is the offline test image (`cargo xtask images`); podman comes from Debian and
 //! is installed by the unprivileged part ([`prepare`]).
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::process::{self, WorkDir};
+use super::process::{self, Tmpfs, WorkDir};
 use super::{percentile, rss_kib};
 use crate::agent::PrivateAgent;
 use crate::sh;
@@ -135,7 +136,7 @@ fn own_bundle_copy(agent: &PrivateAgent, name: &str, dest: &Path) -> Result<()> 
     let id = info["id"]
         .as_str()
         .context("the agent's bottle info has no id")?;
-    let config = agent.dir.join("run/bundles").join(id).join("config.json");
+    let config = agent.run_dir.join("bundles").join(id).join("config.json");
     let mut spec: serde_json::Value = serde_json::from_slice(
         &std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?,
     )?;
@@ -175,8 +176,13 @@ pub fn run() -> Result<()> {
     let _interrupts = process::Interrupts::catch();
     let image = sh::target_dir()?.join("images/bottle-test");
     let image = image.display().to_string();
-    let agent = PrivateAgent::start("lnch", POOL, "")?;
     let work = WorkDir::new("bottle-bench-launch")?;
+    // Runtime state on a tmpfs, as under a usual host's /run (/run/bottle, /run/runc,
+    // /run/containers): the agent's run directory (rootfs uppers, bundles, runc's state), the
+    // runc baselines' state and podman's run root alike.
+    let run = Tmpfs::mount(work.path().join("run"))?;
+    let agent_run = run.path().join("bottle");
+    let agent = PrivateAgent::start_with_run_dir("lnch", POOL, "", Some(&agent_run))?;
 
     // Warm-up: imports the image into the agent's cache.
     agent.client_env(&["run", "--rm", "--image", &image, "--", "true"], &[])?;
@@ -184,7 +190,7 @@ pub fn run() -> Result<()> {
     flat_rootfs(&agent, &rootfs)?;
     let bundle = work.path().join("bundle");
     runc_bundle(&bundle, &rootfs)?;
-    let runc_root = work.path().join("runc-root");
+    let runc_root = run.path().join("runc");
     // The bottle's own bundle: a detached bottle's, kept running (its netns and overlay are
     // what the bundle names) while its copy runs `true` beside it.
     agent.client_env(
@@ -228,7 +234,7 @@ pub fn run() -> Result<()> {
             .args(["--events-backend", "none", "--root"])
             .arg(podman_dir.join("storage"))
             .arg("--runroot")
-            .arg(podman_dir.join("runroot"))
+            .arg(run.path().join("podman"))
             .args(["run", "--rm", "--network", "none"])
             // podman's default limits are above what conmon may set on some hosts (EPERM);
             // these match the bottle's workload (nofile soft 1024).

@@ -294,6 +294,44 @@ impl Drop for WorkDir {
     }
 }
 
+/// A tmpfs mounted on a fresh directory, unmounted when dropped: a run directory like the
+/// `/run` of a usual Linux host (a tmpfs), which this machine's may not be.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let out = output(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "mode=0711", "tmpfs"])
+                .arg(&dir),
+            Duration::from_secs(20),
+        )?;
+        if !out.status.success() {
+            bail!(
+                "mount -t tmpfs {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Self(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = output(
+            Command::new("umount").arg("--lazy").arg(&self.0),
+            Duration::from_secs(20),
+        );
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 /// A pidfd for `pid` (Linux 5.3+), readable once the process has exited.
 fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
