@@ -358,11 +358,7 @@ fn start_mounted(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (gateway, trust_bundle) = (p.gateway, trust.bytes.clone());
-        std::thread::Builder::new()
-            .name(format!("trust-{}", p.id))
-            .spawn(move || crate::selfcheck::check(&netns_name, gateway, &trust_bundle))
-            .map_err(io_at(Path::new("trust check thread")))?
+        crate::selfcheck::spawn(&netns_name, &p.id, p.gateway, trust.bytes.clone())?
     };
     let user = rootfs.resolve_user(image.config.user.as_deref())?;
     let id_map = IdMap::default();
@@ -490,7 +486,7 @@ fn start_mounted(
     bundle::write(&spec, &oci, &bdir)?;
     phases.mark("bundle");
     match trust_check.join() {
-        Ok(result) => result?,
+        Ok(result) => result.map_err(crate::selfcheck::SelfCheckError::from)??,
         Err(_) => {
             return Err(LaunchError::Io {
                 path: PathBuf::from("trust check"),

@@ -180,17 +180,34 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
+    spawn_in(name, "netns".into(), f)?
+        .join()
+        .map_err(|_| NetnsError::Thread("namespace worker thread panicked".into()))?
+}
+
+/// [`run_in`] without waiting: the thread (named `thread_name`) enters the namespace, runs
+/// `f` and ends; its result (or why it could not enter) comes from joining it.
+pub fn spawn_in<T, F>(
+    name: &str,
+    thread_name: String,
+    f: F,
+) -> Result<std::thread::JoinHandle<Result<T>>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
     let ns = open(name)?;
     let owned_name = name.to_string();
-    std::thread::spawn(move || -> Result<T> {
-        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
-            name: owned_name,
-            source,
-        })?;
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| NetnsError::Thread("namespace worker thread panicked".into()))?
+    std::thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || -> Result<T> {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+                name: owned_name,
+                source,
+            })?;
+            Ok(f())
+        })
+        .map_err(|e| NetnsError::Thread(format!("cannot start a thread: {e}")))
 }
 
 /// `ip netns exec` bind-mounts `/etc/netns/<name>/resolv.conf` over `/etc/resolv.conf`, so

@@ -79,16 +79,28 @@ fn roots(bundle: &[u8]) -> Result<RootCertStore> {
     Ok(store)
 }
 
-/// Runs the check in namespace `netns_name` against `gateway`, trusting only `bundle`.
-pub fn check(netns_name: &str, gateway: Ipv4Addr, bundle: &[u8]) -> Result<()> {
+/// Starts the check on a thread of its own inside namespace `netns_name` (no second thread to
+/// enter it), against `gateway`, trusting only `bundle`; joining the handle gives its result.
+pub fn spawn(
+    netns_name: &str,
+    id: &str,
+    gateway: Ipv4Addr,
+    bundle: Vec<u8>,
+) -> Result<std::thread::JoinHandle<netns::Result<Result<()>>>> {
+    Ok(netns::spawn_in(netns_name, format!("trust-{id}"), move || {
+        check_here(gateway, &bundle)
+    })?)
+}
+
+/// The check, from the calling thread's namespace.
+fn check_here(gateway: Ipv4Addr, bundle: &[u8]) -> Result<()> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(bundle)?)
         .with_no_client_auth();
     let config = Arc::new(config);
-    let addr = SocketAddr::from((gateway, HTTPS_PORT));
-    netns::run_in(netns_name, move || handshake(config, addr))?
+    handshake(config, SocketAddr::from((gateway, HTTPS_PORT)))
 }
 
 fn handshake(config: Arc<ClientConfig>, addr: SocketAddr) -> Result<()> {
