@@ -108,6 +108,11 @@ fn privileged_spare_network_is_closed_unseen_used_and_never_left_behind() {
     // Addressed and routed already, yet closed: with a listener on its gateway, nothing from
     // inside gets through.
     let spare_gw = default_gateway(&spare);
+    let etc = std::path::Path::new("/etc/netns").join(&spare);
+    assert_eq!(
+        std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
+        format!("nameserver {spare_gw}\n")
+    );
     let gw = SocketAddr::V4(SocketAddrV4::new(spare_gw, ALLOWED));
     let _listener = Listener::bind(gw);
     assert!(!in_netns(&spare, move || tcp_connects(gw, None)));
@@ -141,11 +146,12 @@ fn privileged_spare_network_is_closed_unseen_used_and_never_left_behind() {
         &next[agent.slot.netns_prefix.len()..]
     );
     wait_for(
-        "the removed bottle's veth and pins",
+        "the removed bottle's veth, pins and /etc/netns entry",
         Duration::from_secs(15),
         || {
             links_with_prefix(&agent.slot.veth_prefix) == vec![next_veth.clone()]
                 && !agent.slot.pin_root.join(&a.id).exists()
+                && !etc.exists()
         },
     );
 

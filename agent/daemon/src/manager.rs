@@ -577,7 +577,7 @@ impl Manager {
                 step("veth, datapath");
             }
         }
-        // A spare's ends are addressed and up already.
+        // A spare's ends are addressed and up already, its resolv.conf written.
         if spare.is_none() {
             network::configure_both(
                 &self.netlink,
@@ -589,14 +589,14 @@ impl Manager {
                 meta.prefix_len,
             )
             .await?;
+            netns::write_resolv_conf(&names.netns, meta.gateway_address).map_err(|source| {
+                StateError::Write {
+                    path: std::path::Path::new(crate::paths::ETC_NETNS_DIR).join(&names.netns),
+                    source,
+                }
+            })?;
+            step("inside");
         }
-        netns::write_resolv_conf(&names.netns, meta.gateway_address).map_err(|source| {
-            StateError::Write {
-                path: std::path::Path::new(crate::paths::ETC_NETNS_DIR).join(&names.netns),
-                source,
-            }
-        })?;
-        step("inside");
         state::save(&self.config.state_dir, meta)?;
         stored.save(&self.config.state_dir, &meta.id)?;
         step("state");
@@ -750,7 +750,8 @@ impl Manager {
     /// Deleting a veth waits out RCU grace periods in the kernel, 20-50 ms here, which every
     /// `bottle run --rm` would otherwise spend. Until the kernel is done, the host end has no
     /// policy entry (its programs drop everything), nothing lives in the namespace, and its
-    /// link pins and address block stay taken; a [`Drain`] releases them when it is gone.
+    /// link pins and address block stay taken; a [`Drain`] releases them when it is gone (and
+    /// deletes the namespace's `/etc/netns` entry meanwhile).
     ///
     /// `exited`: the workload's init has been reaped. It ran in its own PID namespace, whose
     /// other processes the kernel kills before the init can be reaped, so no process of the
@@ -814,19 +815,17 @@ impl Manager {
             Err(e) => failures.push(e.to_string()),
         }
         step("netns");
-        if let Err(e) = netns::remove_etc(&meta.netns) {
-            failures.push(format!("remove /etc/netns/{}: {e}", meta.netns));
-        }
         if let Err(e) = crate::workspace::remove(&self.config.state_dir, &meta.id) {
             failures.push(e);
         }
-        step("etc, workspace");
+        step("workspace");
         if let Err(e) = state::remove_bottle_dir(&self.config.state_dir, &meta.id) {
             failures.push(e);
         }
         step("state");
         let drain = Drain {
             netlink: self.netlink.clone(),
+            netns: meta.netns.clone(),
             host_interface: meta.host_interface.clone(),
             pins: self.datapath.link_dir(&meta.id),
             block,
@@ -1401,6 +1400,10 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// address block (so no new bottle gets the same gateway address on a second interface).
 struct Drain {
     netlink: Handle,
+    /// Its `/etc/netns/<netns>` goes here too: a file deletion on the host's disk that no
+    /// removal needs to wait for (a restarted agent removes what is left, see
+    /// `remove_orphans`).
+    netns: String,
     host_interface: String,
     pins: std::path::PathBuf,
     block: Option<u32>,
@@ -1410,6 +1413,12 @@ struct Drain {
 impl Drain {
     async fn run(self) {
         let started = std::time::Instant::now();
+        let netns_name = self.netns.clone();
+        match tokio::task::spawn_blocking(move || netns::remove_etc(&netns_name)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(netns = %self.netns, error = %e, "cannot remove /etc/netns entry"),
+            Err(e) => error!(netns = %self.netns, error = %e, "cannot remove /etc/netns entry"),
+        }
         let mut pause = std::time::Duration::from_millis(2);
         let gone = loop {
             match network::link_index(&self.netlink, &self.host_interface).await {

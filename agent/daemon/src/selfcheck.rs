@@ -87,9 +87,11 @@ pub fn spawn(
     gateway: Ipv4Addr,
     bundle: Vec<u8>,
 ) -> Result<std::thread::JoinHandle<netns::Result<Result<()>>>> {
-    Ok(netns::spawn_in(netns_name, format!("trust-{id}"), move || {
-        check_here(gateway, &bundle)
-    })?)
+    Ok(netns::spawn_in(
+        netns_name,
+        format!("trust-{id}"),
+        move || check_here(gateway, &bundle),
+    )?)
 }
 
 /// The check, from the calling thread's namespace.

@@ -5,7 +5,7 @@
 //! attaches wait out RCU grace periods). The agent keeps `spare_networks` (default 1) of them
 //! ready: a namespace, the veth with its peer born inside as `eth0`, both programs attached
 //! (tcx links pinned under the spare's id), and an address block from the pool with both ends
-//! addressed, routed and up. Its ifindex has no policy entry, so the datapath drops
+//! addressed, routed and up (and `/etc/netns/<netns>/resolv.conf` naming its gateway). Its ifindex has no policy entry, so the datapath drops
 //! everything on it, ARP included, until a bottle takes it. `create` takes one (its id and
 //! block become the bottle's), writes the policy and starts the services, and a background
 //! task makes the next one, off the manager's lock.
@@ -35,6 +35,12 @@ pub enum SpareError {
     Network(#[from] NetworkError),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    #[error("writing /etc/netns/{netns}/resolv.conf: {source}")]
+    ResolvConf {
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -82,6 +88,12 @@ impl SpareJob {
             b.prefix_len,
         )
         .await?;
+        netns::write_resolv_conf(&self.netns, b.gateway).map_err(|source| {
+            SpareError::ResolvConf {
+                netns: self.netns.clone(),
+                source,
+            }
+        })?;
         debug!(id = %self.id, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "spare network made");
         Ok(index)
     }
