@@ -174,3 +174,42 @@ fn privileged_spare_network_is_closed_unseen_used_and_never_left_behind() {
         .collect();
     assert_eq!(pins, ["maps"]);
 }
+
+#[test]
+fn privileged_spare_never_takes_the_last_free_address_block() {
+    if !privileged("privileged_spare_never_takes_the_last_free_address_block") {
+        return;
+    }
+    // Two /30 blocks: the spare takes one while the other stays free.
+    let agent = Agent::start(92, "spare_networks = 1\npool = \"10.250.92.0/29\"");
+    let spare = wait_netns(&agent, 1).remove(0);
+    let spare_id = spare
+        .strip_prefix(&agent.slot.netns_prefix)
+        .unwrap()
+        .to_string();
+    wait_ready(&agent, &spare_id);
+    let a = agent.create("alpha");
+    assert_eq!(a.id, spare_id);
+    // One block left: no spare may hold it. Had one been made it would be ready by now;
+    // the agent logs that it made none.
+    wait_for(
+        "the agent to decline a spare",
+        Duration::from_secs(15),
+        || agent.log().contains("no address block to spare"),
+    );
+    assert_eq!(
+        netns_with_prefix(&agent.slot.netns_prefix),
+        vec![a.netns.clone()]
+    );
+    // The last block goes to the next create, and the one after finds the pool exhausted.
+    let b = agent.create("beta");
+    assert_ne!(b.gateway_address, a.gateway_address);
+    let refused = agent.bottle(&["create", "--name", "gamma"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("every address block"),
+        "{refused:?}"
+    );
+    agent.ok(&["rm", "alpha"]);
+    agent.ok(&["rm", "beta"]);
+}

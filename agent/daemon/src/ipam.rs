@@ -46,6 +46,12 @@ impl Ipam {
         1u32 << (self.prefix_len - self.pool.prefix_len())
     }
 
+    /// Blocks not in use.
+    pub fn free(&self) -> u32 {
+        let used = u32::try_from(self.used.len()).unwrap_or(u32::MAX);
+        self.capacity().saturating_sub(used)
+    }
+
     fn block_size(&self) -> u32 {
         1u32 << (32 - self.prefix_len)
     }
@@ -105,7 +111,9 @@ mod tests {
     fn allocates_lowest_free_and_exhausts() {
         let mut ipam = Ipam::new("10.213.0.0/29".parse().unwrap(), 30);
         assert_eq!(ipam.capacity(), 2);
+        assert_eq!(ipam.free(), 2);
         let a = ipam.allocate().unwrap();
+        assert_eq!(ipam.free(), 1);
         assert_eq!(
             (a.gateway, a.bottle),
             ("10.213.0.1".parse().unwrap(), "10.213.0.2".parse().unwrap())
@@ -116,7 +124,9 @@ mod tests {
             ipam.allocate(),
             Err(IpamError::Exhausted { capacity: 2, .. })
         ));
+        assert_eq!(ipam.free(), 0);
         ipam.release(a.index);
+        assert_eq!(ipam.free(), 1);
         assert_eq!(ipam.allocate().unwrap(), a);
     }
 

@@ -647,13 +647,22 @@ impl Manager {
     }
 
     /// The next spare to make, if fewer than `spare_networks` are ready or being made and
-    /// the pool has a block for it (a spare never takes a bottle's last address: without one,
-    /// creates make their own networks).
+    /// the pool has a block to spare. A spare never takes the last free block: a create that
+    /// arrives while the spare is still being made (and cannot take it) makes its own
+    /// network with that block, so a spare never makes a create fail on an exhausted pool;
+    /// the next create takes the spare's block with the spare.
     pub fn start_spare(&mut self) -> Option<SpareJob> {
         if self.spares.len() + self.making.len() >= self.config.spare_networks {
             return None;
         }
         self.reclaim_blocks();
+        if self.ipam.free() < 2 {
+            debug!(
+                free = self.ipam.free(),
+                "no address block to spare for a spare network"
+            );
+            return None;
+        }
         let block = match self.ipam.allocate() {
             Ok(block) => block,
             Err(e) => {
