@@ -418,9 +418,10 @@ async fn launch(
             warn!(bottle = %info.name, error = %e, "cannot record the workload");
         }
     }
-    // The output's log, channel and reader threads are made while runc runs (see
-    // `Readers::spawn_waiting`). A detached workload's keeper writes its log; the agent
-    // writes only a foreground one's.
+    // The launch first: its trust check is the longest step before runc. The output's log,
+    // channel and reader threads are made while it runs (see `Readers::spawn_waiting`). A
+    // detached workload's keeper writes its log; the agent writes only a foreground one's.
+    let launching = tokio::task::spawn_blocking(move || launch::start(params, prepared));
     let log = (!req.detach).then(|| {
         Arc::new(std::sync::Mutex::new(CappedLog::open(
             log_path.clone(),
@@ -441,7 +442,7 @@ async fn launch(
             readers.spawn_waiting(tx.clone(), log.clone(), RunFrame::Stderr),
         )
     });
-    let launched = tokio::task::spawn_blocking(move || launch::start(params, prepared)).await;
+    let launched = launching.await;
     let started = match launched {
         Ok(Ok(s)) => s,
         failed => {
