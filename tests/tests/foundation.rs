@@ -263,11 +263,23 @@ fn assert_nothing_left(agent: &Agent) {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     assert_eq!(pins, ["maps"], "only the shared maps stay pinned");
+    // Removed state is moved into the state directory's trash and deleted from there.
+    wait_trash_empty(agent);
     let state: Vec<_> = std::fs::read_dir(agent.state_dir())
         .unwrap()
         .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != "trash")
         .collect();
     assert!(state.is_empty(), "state left: {state:?}");
+    // The drains delete /etc/netns entries before they wait for the veths (gone above).
+    let etc: Vec<_> = std::fs::read_dir("/etc/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&agent.slot.netns_prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(etc.is_empty(), "/etc/netns entries left: {etc:?}");
     for map in ["bottle_policy", "bottle_stats"] {
         let out = Command::new("bpftool")
             .args(["map", "dump", "pinned"])
