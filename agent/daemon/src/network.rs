@@ -218,7 +218,7 @@ fn configure_inside(
     gateway: Ipv4Addr,
     prefix_len: u8,
 ) -> Result<()> {
-    in_netns(netns_name, true, move |handle| async move {
+    in_netns(netns_name, move |handle| async move {
         set_up(&handle, index_of(&handle, "lo").await?, "lo").await?;
         let eth = index_of(&handle, "eth0").await?;
         add_address_and_route(&handle, eth, bottle, gateway, prefix_len).await
@@ -234,19 +234,16 @@ fn host_side_off(ifname: &str) -> Result<()> {
     write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "0")
 }
 
-/// Runs `f` with a netlink handle inside the namespace `netns_name` (with IPv6 turned off
-/// there first when `ipv6_off`): on a dedicated thread (see `netns::run_in`) with a runtime
-/// of its own.
-fn in_netns<F, Fut>(netns_name: &str, ipv6_off: bool, f: F) -> Result<()>
+/// Runs `f` with a netlink handle inside the namespace `netns_name`, with IPv6 turned off
+/// there first: on a dedicated thread (see `netns::run_in`) with a runtime of its own.
+fn in_netns<F, Fut>(netns_name: &str, f: F) -> Result<()>
 where
     F: FnOnce(Handle) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<()>>,
 {
     netns::run_in(netns_name, move || -> Result<()> {
-        if ipv6_off {
-            write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")?;
-            write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
-        }
+        write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")?;
+        write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()

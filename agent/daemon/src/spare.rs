@@ -5,10 +5,12 @@
 //! attaches wait out RCU grace periods). The agent keeps `spare_networks` (default 1) of them
 //! ready: a namespace, the veth with its peer born inside as `eth0`, both programs attached
 //! (tcx links pinned under the spare's id), and an address block from the pool with both ends
-//! addressed, routed and up (and `/etc/netns/<netns>/resolv.conf` naming its gateway). Its ifindex has no policy entry, so the datapath drops
-//! everything on it, ARP included, until a bottle takes it. `create` takes one (its id and
-//! block become the bottle's), writes the policy and starts the services, and a background
-//! task makes the next one, off the manager's lock.
+//! addressed, routed and up (and `/etc/netns/<netns>/resolv.conf` naming its gateway). Its
+//! ifindex has no policy entry, so the datapath drops everything on it, ARP included, until
+//! a bottle takes it. `create` takes one (its id and block become the bottle's), writes the
+//! policy and starts the services, and a background task makes the next one, off the
+//! manager's lock. A spare is made only while at least two blocks are free (see
+//! `Manager::start_spare`).
 //!
 //! A spare has no state directory: to a restarted agent it is an orphan like any other and
 //! is removed (`Manager::adopt`), and its block is free again (the pool is rebuilt from the
