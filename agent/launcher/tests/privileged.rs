@@ -211,6 +211,15 @@ impl Bottle {
 
     /// Writes the bundle, `runc create` + `start`; returns the init's host pid.
     fn start(&mut self) -> i32 {
+        let (c, pid) = self.create();
+        c.start().unwrap();
+        self.container = Some(c);
+        pid
+    }
+
+    /// Writes the bundle and `runc create`s it; returns the container (also kept for the
+    /// clean-up) and its init's host pid.
+    fn create(&mut self) -> (Container, i32) {
         let oci = bundle::build(&self.spec).unwrap();
         let bundle_dir = self.dir.join("bundle");
         bundle::write(&self.spec, &oci, &bundle_dir).unwrap();
@@ -240,9 +249,8 @@ impl Bottle {
             .parse()
             .unwrap();
         assert_eq!(pid, st.pid);
-        c.start().unwrap();
-        self.container = Some(c);
-        pid
+        self.container = Some(c.clone());
+        (c, pid)
     }
 
     fn container(&self) -> &Container {
@@ -530,4 +538,26 @@ fn privileged_pause_resume_exec_and_clean_delete() {
     rootfs::teardown(r.dir()).unwrap();
     assert!(!mounted(&merged), "overlay still mounted");
     assert!(!r.dir().exists());
+}
+
+#[test]
+fn privileged_start_fails_when_the_created_init_died() {
+    if !privileged("privileged_start_fails_when_the_created_init_died") {
+        return;
+    }
+    let mut b = Bottle::new(&["true"], Limits::default());
+    let (c, pid) = b.create();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The start reads the init's exec.fifo; an init that is gone must be reported as such,
+    // not waited for until the runtime's timeout (whose error says "timed out").
+    let err = c.start().unwrap_err().to_string();
+    eprintln!("start refused: {err}");
+    assert!(
+        err.contains("already dead") || err.contains("stopped"),
+        "{err}"
+    );
 }
