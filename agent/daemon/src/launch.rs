@@ -485,23 +485,16 @@ fn start_mounted(
     let bdir = bundle_dir(&p.run_dir, &p.id);
     bundle::write(&spec, &oci, &bdir)?;
     phases.mark("bundle");
-    // The trust check must have passed before anything of the workload runs. With runc, a
-    // created container runs nothing of the image yet (its init waits for the start), so
-    // `create` overlaps the check and the start follows it without a second runtime process
-    // (`Container::start`). Other runtimes (and the keeper's create) wait for the check and
-    // then run the container in one call.
-    let overlap = runtime() == RUNC_BINARY;
-    let mut trust_check = Some(trust_check);
-    let mut trust_passed = |phases: &mut Phases<'_>| -> Result<()> {
-        if let Some(check) = trust_check.take() {
-            join_trust_check(check)?;
-            phases.mark("trust check (rest)");
+    match trust_check.join() {
+        Ok(result) => result.map_err(crate::selfcheck::SelfCheckError::from)??,
+        Err(_) => {
+            return Err(LaunchError::Io {
+                path: PathBuf::from("trust check"),
+                source: std::io::Error::other("the trust check's thread panicked"),
+            })
         }
-        Ok(())
-    };
-    if !overlap || matches!(p.io, WorkloadIo::Kept { .. }) {
-        trust_passed(&mut phases)?;
     }
+    phases.mark("trust check (rest)");
 
     // Pipes for the workload's streams; the agent keeps only its ends (the others move into
     // runc's child and are closed here once it has been spawned). With a terminal, runc makes
@@ -558,7 +551,7 @@ fn start_mounted(
         console_socket: console.as_ref().map(ConsoleSocket::path),
         stdio,
     };
-    if console.is_none() && !overlap {
+    if console.is_none() {
         // Nothing to do between create and start: one runtime call instead of two.
         let run = runc.run_detached(&p.id, &bdir, options);
         ours.container = run.map_err(|e| command_not_found(e, &spec.args))?;
@@ -581,26 +574,10 @@ fn start_mounted(
         ours.console = Some(File::from(master));
     }
     phases.mark("runtime create");
-    // A failed check fails the launch here, and the caller's clean-up deletes the created
-    // container, whose process never ran.
-    trust_passed(&mut phases)?;
     let started = finish_start(ours, &pid_file)?;
     phases.mark("runtime start");
     phases.done();
     Ok(started)
-}
-
-/// Waits for the trust check's thread and returns its verdict.
-fn join_trust_check(
-    check: std::thread::JoinHandle<crate::netns::Result<crate::selfcheck::Result<()>>>,
-) -> Result<()> {
-    match check.join() {
-        Ok(result) => Ok(result.map_err(crate::selfcheck::SelfCheckError::from)??),
-        Err(_) => Err(LaunchError::Io {
-            path: PathBuf::from("trust check"),
-            source: std::io::Error::other("the trust check's thread panicked"),
-        }),
-    }
 }
 
 fn finish_start(mut ours: Started, pid_file: &Path) -> Result<Started> {
