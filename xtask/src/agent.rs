@@ -37,23 +37,34 @@ impl PrivateAgent {
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/bottle-{tag}"));
         let netns_prefix = format!("bottle{tag}-");
         let veth_prefix = format!("b{tag}-");
+        // BOTTLE_XTASK_AGENT_LOG=FILE keeps the agent's debug log (its phases: `launch
+        // phases`, `create`, `teardown`, `run finished`) for a look at where time goes.
+        let debug_log = std::env::var_os("BOTTLE_XTASK_AGENT_LOG").map(PathBuf::from);
+        let level = if debug_log.is_some() { "debug" } else { "warn" };
         let config = dir.join("agent.toml");
         std::fs::write(
             &config,
             format!(
                 "socket = \"{d}/agent.sock\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{r}\"\n\
                  bpf_pin_root = \"{p}\"\npool = \"{pool}\"\nnetns_prefix = \"{netns_prefix}\"\n\
-                 veth_prefix = \"{veth_prefix}\"\nlog = \"warn\"\n{extra}\n",
+                 veth_prefix = \"{veth_prefix}\"\nlog = \"{level}\"\n{extra}\n",
                 d = dir.display(),
                 r = run_dir.display(),
                 p = pin_root.display(),
             ),
         )?;
         let bin = PathBuf::from(crate::sh::bin_dir(true)?).join("bottle-agent");
+        let stdout = match &debug_log {
+            Some(path) => Stdio::from(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            ),
+            None => Stdio::null(),
+        };
         let child = Command::new(&bin)
             .arg("--config")
             .arg(&config)
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let mut agent = Self {
