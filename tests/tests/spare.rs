@@ -33,6 +33,17 @@ fn wait_netns(agent: &Agent, n: usize) -> Vec<String> {
     }
 }
 
+/// Waits (bounded) for the agent's one spare to be ready; returns its namespace and id.
+fn the_ready_spare(agent: &Agent) -> (String, String) {
+    let spare = wait_netns(agent, 1).remove(0);
+    let id = spare
+        .strip_prefix(&agent.slot.netns_prefix)
+        .unwrap()
+        .to_string();
+    wait_ready(agent, &id);
+    (spare, id)
+}
+
 /// Waits (bounded) until the agent has handed spare `id` over as ready (its debug log).
 fn wait_ready(agent: &Agent, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -87,12 +98,7 @@ fn privileged_spare_network_is_closed_unseen_used_and_never_left_behind() {
     }
     let mut agent = Agent::start(91, EXTRA);
     // One spare: namespace, veth, pinned links; no bottle, and no policy (drops all).
-    let spare = wait_netns(&agent, 1).remove(0);
-    let spare_id = spare
-        .strip_prefix(&agent.slot.netns_prefix)
-        .unwrap()
-        .to_string();
-    wait_ready(&agent, &spare_id);
+    let (spare, spare_id) = the_ready_spare(&agent);
     assert!(ls(&agent).is_empty());
     assert_eq!(
         links_with_prefix(&agent.slot.veth_prefix),
@@ -182,12 +188,7 @@ fn privileged_spare_never_takes_the_last_free_address_block() {
     }
     // Two /30 blocks: the spare takes one while the other stays free.
     let agent = Agent::start(92, "spare_networks = 1\npool = \"10.250.92.0/29\"");
-    let spare = wait_netns(&agent, 1).remove(0);
-    let spare_id = spare
-        .strip_prefix(&agent.slot.netns_prefix)
-        .unwrap()
-        .to_string();
-    wait_ready(&agent, &spare_id);
+    let (_, spare_id) = the_ready_spare(&agent);
     let a = agent.create("alpha");
     assert_eq!(a.id, spare_id);
     // One block left: no spare may hold it. Had one been made it would be ready by now;
