@@ -579,7 +579,7 @@ impl Manager {
         }
         // A spare's ends are addressed and up already, its resolv.conf written.
         if spare.is_none() {
-            network::configure_both(
+            network::configure(
                 &self.netlink,
                 &names.host,
                 ifindex.unwrap_or_default(),
@@ -589,12 +589,6 @@ impl Manager {
                 meta.prefix_len,
             )
             .await?;
-            netns::write_resolv_conf(&names.netns, meta.gateway_address).map_err(|source| {
-                StateError::Write {
-                    path: std::path::Path::new(crate::paths::ETC_NETNS_DIR).join(&names.netns),
-                    source,
-                }
-            })?;
             step("inside");
         }
         state::save(&self.config.state_dir, meta)?;
@@ -1423,10 +1417,12 @@ impl Drain {
     async fn run(self) {
         let started = std::time::Instant::now();
         let netns_name = self.netns.clone();
-        match tokio::task::spawn_blocking(move || netns::remove_etc(&netns_name)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(netns = %self.netns, error = %e, "cannot remove /etc/netns entry"),
-            Err(e) => error!(netns = %self.netns, error = %e, "cannot remove /etc/netns entry"),
+        let removed = tokio::task::spawn_blocking(move || netns::remove_etc(&netns_name))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = removed {
+            error!(netns = %self.netns, error = %e, "cannot remove /etc/netns entry");
         }
         let mut pause = std::time::Duration::from_millis(2);
         let gone = loop {

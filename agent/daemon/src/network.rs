@@ -38,6 +38,12 @@ pub enum NetworkError {
     Netns(#[from] netns::NetnsError),
     #[error("cannot start a runtime inside the namespace: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("writing /etc/netns/{netns}/resolv.conf: {source}")]
+    ResolvConf {
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, NetworkError>;
@@ -160,11 +166,12 @@ async fn add_gateway(
         .map_err(nl(format!("add {gateway}/{prefix_len} to {ifname}")))
 }
 
-/// Both ends of a new veth configured, each in its own namespace, concurrently: the host end
-/// (no IPv6, no forwarding, the gateway address, up) here, the inside (IPv6 off, `lo` up,
-/// `eth0` with the bottle address, the default route) on a thread in the namespace. Returns
-/// once both carriers are up.
-pub async fn configure_both(
+/// A new network's addresses: both ends of its veth configured, each in its own namespace,
+/// concurrently — the host end (no IPv6, no forwarding, the gateway address, up) here, the
+/// inside (IPv6 off, `lo` up, `eth0` with the bottle address, the default route) on a thread
+/// in the namespace — then `/etc/netns/<netns>/resolv.conf` naming the gateway. Returns once
+/// both carriers are up.
+pub async fn configure(
     handle: &Handle,
     ifname: &str,
     ifindex: u32,
@@ -173,16 +180,22 @@ pub async fn configure_both(
     gateway: Ipv4Addr,
     prefix_len: u8,
 ) -> Result<()> {
-    let netns_name = netns_name.to_owned();
-    let inside = tokio::task::spawn_blocking(move || {
-        configure_inside(&netns_name, bottle, gateway, prefix_len)
-    });
+    let inside = {
+        let netns_name = netns_name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            configure_inside(&netns_name, bottle, gateway, prefix_len)
+        })
+    };
     let host = configure_host_side(handle, ifname, ifindex, gateway, prefix_len).await;
     let inside = inside
         .await
         .map_err(|e| NetworkError::from(netns::NetnsError::Thread(e.to_string())));
     host?;
-    inside?
+    inside??;
+    netns::write_resolv_conf(netns_name, gateway).map_err(|source| NetworkError::ResolvConf {
+        netns: netns_name.to_owned(),
+        source,
+    })
 }
 
 async fn add_address_and_route(

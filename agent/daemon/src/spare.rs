@@ -37,12 +37,6 @@ pub enum SpareError {
     Network(#[from] NetworkError),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
-    #[error("writing /etc/netns/{netns}/resolv.conf: {source}")]
-    ResolvConf {
-        netns: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -80,7 +74,7 @@ impl SpareJob {
         let (attacher, id, host) = (self.attacher.clone(), self.id.clone(), self.host.clone());
         tokio::task::spawn_blocking(move || attacher.attach(&id, &host)).await??;
         let b = &self.block;
-        network::configure_both(
+        network::configure(
             &self.netlink,
             &self.host,
             index,
@@ -90,12 +84,6 @@ impl SpareJob {
             b.prefix_len,
         )
         .await?;
-        netns::write_resolv_conf(&self.netns, b.gateway).map_err(|source| {
-            SpareError::ResolvConf {
-                netns: self.netns.clone(),
-                source,
-            }
-        })?;
         debug!(id = %self.id, elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), "spare network made");
         Ok(index)
     }

@@ -551,8 +551,8 @@ impl Container {
     }
 
     /// What `runc start` does for a created container, without a second runtime process
-    /// (~4 ms of a Go binary's start-up here, on every terminal, detached or overlapped
-    /// launch): the container's init waits to open `exec.fifo` in the container's state
+    /// (~4 ms of a Go binary's start-up here, on every terminal or detached launch): the
+    /// container's init waits to open `exec.fifo` in the container's state
     /// directory for writing; reading its byte lets it exec the process, and removing the
     /// fifo is what makes runc report the container as running. Only for runc, and only when
     /// its state holds the fifo and the init's pid; `None` otherwise, and the caller runs
